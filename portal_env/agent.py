@@ -1,0 +1,92 @@
+"""AgentSidePortal: a gymnasium.Env whose environment runs in a portal server."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, SupportsFloat, Tuple
+
+import gymnasium
+
+from . import spaces
+from .client import DEFAULT_TIMEOUT, Client
+
+
+class AgentSidePortal(gymnasium.Env):
+    """A remote environment, used like any gymnasium.Env.
+
+    Args:
+        env_name: Name the portal was started under (`portal-env start NAME`).
+        env_args: Positional arguments for the server's env factory,
+            e.g. ["ALE/Pong-v5"] for gymnasium.make.
+        env_kwargs: Keyword arguments for the server's env factory.
+        agent_in_docker: The agent runs in a container on the portal_env_net network.
+        address: "host:port" or "unix:/path" (default: $PORTAL_ENV_ADDRESS, else 127.0.0.1:7000).
+        token: The server's token (default: $PORTAL_ENV_TOKEN, $PORTAL_ENV_TOKEN_FILE, or the
+            token a local server recorded for that address).
+        timeout: Seconds to wait for any one call before giving up.
+    """
+
+    def __init__(
+        self,
+        env_name: str,
+        env_args: Optional[Sequence[Any]] = None,
+        env_kwargs: Optional[Dict[str, Any]] = None,
+        agent_in_docker: bool = False,
+        address: Optional[str] = None,
+        token: Optional[str] = None,
+        timeout: Optional[float] = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.env_name = env_name
+        self.env_args: List[Any] = list(env_args or [])
+        self.env_kwargs: Dict[str, Any] = dict(env_kwargs or {})
+        self._connect_args = (address, token, agent_in_docker, timeout)
+        self._closed = False
+        self._client = self._open()
+        description = self._client.call("make", self.env_args, self.env_kwargs)
+        self.observation_space = spaces.decode_space(description["observation_space"])
+        self.action_space = spaces.decode_space(description["action_space"])
+        self.metadata = description["metadata"]
+        self.render_mode = description["render_mode"]
+        self.remote_spec_id: Optional[str] = description["spec_id"]
+
+    def _open(self) -> Client:
+        return Client.for_env(self.env_name, *self._connect_args)
+
+    def reset(
+        self, *, seed: Optional[int] = None, options: Optional[Dict[str, Any]] = None
+    ) -> Tuple[Any, Dict[str, Any]]:
+        """Reset the remote env; after a lost connection, starts a fresh remote env first."""
+        super().reset(seed=seed)
+        if self._client.broken:
+            self._client = self._open()
+            self._client.call("make", self.env_args, self.env_kwargs)
+        obs, info = self._client.call("reset", seed, options)
+        return obs, info
+
+    def step(self, action: Any) -> Tuple[Any, SupportsFloat, bool, bool, Dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self._client.call("step", action)
+        return obs, reward, terminated, truncated, info
+
+    def render(self) -> Any:
+        return self._client.call("render")
+
+    def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Call method `name` of the remote env (or read it, if it is not callable)."""
+        return self._client.call("call", name, list(args), kwargs)
+
+    def get_attr(self, name: str) -> Any:
+        """Read attribute `name` of the remote env (searched through its wrappers)."""
+        return self._client.call("get_attr", name)
+
+    def set_attr(self, name: str, value: Any) -> None:
+        """Set attribute `name` of the remote env."""
+        self._client.call("set_attr", name, value)
+
+    def close(self) -> None:
+        """Close the remote env and the connection; safe to call more than once."""
+        if self._closed:
+            return
+        self._closed = True
+        self._client.close()
+
+    def __repr__(self) -> str:
+        return f"<AgentSidePortal {self.env_name!r} {self.env_args!r} at {self._client.address}>"

@@ -1,0 +1,130 @@
+"""Where a portal listens and which token it uses: arguments, environment, defaults.
+
+The supervisor hands a server its settings through these environment variables:
+
+- ``PORTAL_ENV_HOST`` / ``PORTAL_ENV_PORT``: TCP address to bind (default 127.0.0.1:7000).
+- ``PORTAL_ENV_SOCKET``: a Unix socket path to bind instead of TCP.
+- ``PORTAL_ENV_TOKEN``: the token; or ``PORTAL_ENV_TOKEN_FILE``, a file holding it.
+- ``PORTAL_ENV_READY_FILE``: the server writes its bound address there once listening.
+
+An agent reads ``PORTAL_ENV_ADDRESS`` and the same token variables. A server
+given no token generates one and records it in the user's private state
+directory, keyed by its address, where an agent of the same user finds it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from pathlib import Path
+from typing import Mapping, Optional
+
+from .errors import PortalEnvError
+from .wire import Address
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7000
+DOCKER_HOST_PREFIX = "env_portal_"
+
+HOST_VAR = "PORTAL_ENV_HOST"
+PORT_VAR = "PORTAL_ENV_PORT"
+SOCKET_VAR = "PORTAL_ENV_SOCKET"
+TOKEN_VAR = "PORTAL_ENV_TOKEN"
+TOKEN_FILE_VAR = "PORTAL_ENV_TOKEN_FILE"
+READY_FILE_VAR = "PORTAL_ENV_READY_FILE"
+ADDRESS_VAR = "PORTAL_ENV_ADDRESS"
+STATE_DIR_VAR = "PORTAL_ENV_STATE_DIR"
+
+
+def state_dir() -> Path:
+    """The user's private portal-env state directory (created 0700)."""
+    explicit = os.environ.get(STATE_DIR_VAR)
+    if explicit:
+        path = Path(explicit)
+    else:
+        try:
+            import platformdirs
+
+            path = Path(platformdirs.user_state_dir("portal-env", appauthor=False))
+        except ImportError:  # a minimal runtime: same place platformdirs picks on Linux
+            base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+            path = Path(base) / "portal-env"
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
+def server_address(
+    host: Optional[str], port: Optional[int], env: Mapping[str, str] = os.environ
+) -> Address:
+    """The address a server binds: arguments, else environment, else loopback:7000."""
+    if host is None and port is None and env.get(SOCKET_VAR):
+        return Address(path=env[SOCKET_VAR])
+    host = host or env.get(HOST_VAR) or DEFAULT_HOST
+    if port is None:
+        raw = env.get(PORT_VAR, str(DEFAULT_PORT))
+        if not raw.isdigit():
+            raise PortalEnvError(f"{PORT_VAR}={raw!r} is not a port number")
+        port = int(raw)
+    return Address(host=host, port=port)
+
+
+def agent_address(
+    env_name: str,
+    address: Optional[str],
+    agent_in_docker: bool,
+    env: Mapping[str, str] = os.environ,
+) -> Address:
+    """The address an agent connects to for env_name."""
+    text = address or env.get(ADDRESS_VAR)
+    if text:
+        return Address.parse(text)
+    if agent_in_docker:  # the env's container is reachable by name on portal_env_net
+        return Address(host=DOCKER_HOST_PREFIX + env_name, port=DEFAULT_PORT)
+    return Address(host=DEFAULT_HOST, port=DEFAULT_PORT)
+
+
+def _token_path(address: Address) -> Path:
+    if address.path is not None:
+        key = "unix-" + hashlib.sha256(address.path.encode()).hexdigest()[:16]
+    else:  # keyed by port only: a server bound to 0.0.0.0 is reached as 127.0.0.1
+        key = f"tcp-{address.port}"
+    return state_dir() / "tokens" / key
+
+
+def explicit_token(token: Optional[str], env: Mapping[str, str] = os.environ) -> Optional[str]:
+    """A token given by argument or environment, if any."""
+    if token:
+        return token
+    if env.get(TOKEN_VAR):
+        return env[TOKEN_VAR]
+    if env.get(TOKEN_FILE_VAR):
+        path = Path(env[TOKEN_FILE_VAR])
+        try:
+            return path.read_text().strip()
+        except OSError as exc:
+            raise PortalEnvError(f"cannot read the token file {path} ({TOKEN_FILE_VAR}): {exc}")
+    return None
+
+
+def publish_token(address: Address) -> tuple:
+    """Generate a token and record it privately for agents of this user; (token, path)."""
+    token = secrets.token_urlsafe(32)
+    path = _token_path(address)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token)
+    return token, path
+
+
+def find_token(address: Address) -> str:
+    """The token a local server recorded for address, or a clear error."""
+    path = _token_path(address)
+    try:
+        return path.read_text().strip()
+    except OSError:
+        raise PortalEnvError(
+            f"no token for the portal at {address}: none was recorded in {path.parent}. "
+            f"Pass token=... or set {TOKEN_VAR} to the server's token."
+        ) from None

@@ -1,0 +1,48 @@
+"""The error hierarchy: everything portal-env raises derives from PortalEnvError."""
+
+from __future__ import annotations
+
+
+class PortalEnvError(Exception):
+    """Base class of every error portal-env raises."""
+
+
+class UnsupportedSpaceError(PortalEnvError):
+    """A gymnasium space type that cannot be sent over the portal."""
+
+
+class ProtocolError(PortalEnvError):
+    """A peer sent data that does not follow the portal-env protocol."""
+
+
+class EncodeError(PortalEnvError):
+    """A value that cannot be encoded for the wire."""
+
+
+class PortalConnectionError(PortalEnvError, ConnectionError):
+    """The server cannot be reached, or the connection to it was lost."""
+
+
+class AuthenticationError(PortalConnectionError):
+    """The server refused the token the agent presented."""
+
+
+class RemoteEnvError(PortalEnvError):
+    """An exception raised inside the remote environment.
+
+    Attributes:
+        remote_type: Qualified name of the remote exception type.
+        remote_message: str() of the remote exception.
+        remote_traceback: The remote traceback, formatted as text.
+    """
+
+    def __init__(self, remote_type: str, remote_message: str, remote_traceback: str) -> None:
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+        self.remote_traceback = remote_traceback
+        super().__init__(
+            f"{remote_type}: {remote_message}\n\nRemote traceback:\n{remote_traceback.rstrip()}"
+        )
+
+    def __reduce__(self):  # keep it picklable (SB3 subprocess envs pickle exceptions)
+        return type(self), (self.remote_type, self.remote_message, self.remote_traceback)

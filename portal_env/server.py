@@ -1,0 +1,247 @@
+"""EnvSidePortal: serves env instances to authenticated agents.
+
+Each agent connection gets its own thread, which reads a request, runs it on the
+connection's env and replies, all in that one thread: no queue or hand-off sits
+on the step path, so a step costs one wake-up on each side. An env belongs to
+its connection and is closed when the connection ends, so no request can be
+replayed against it after a reconnect.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import traceback
+from pathlib import Path
+from typing import Any, Callable, List, Optional, Set
+
+from . import config, wire
+from .errors import EncodeError, PortalConnectionError, PortalEnvError, ProtocolError
+from .hosted import EnvFactory, HostedEnv, HostedVectorEnv
+
+logger = logging.getLogger(__name__)
+
+
+def _error_reply(exc: BaseException) -> List[Any]:
+    kind = type(exc)
+    name = (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
+    return [1, [name, str(exc), "".join(traceback.format_exception(kind, exc, exc.__traceback__))]]
+
+
+class Session:
+    """The state of one agent connection: at most one hosted env or vector env."""
+
+    def __init__(self, factory: EnvFactory) -> None:
+        self.factory = factory
+        self.hosted: Any = None
+        self.finished = False
+        self._ops: dict = {
+            "ping": lambda: "pong",
+            "make": self.make,
+            "make_vec": self.make_vec,
+            "close": self.close,
+        }
+        for name in ("reset", "step", "render", "call", "get_attr", "set_attr"):
+            self._ops[name] = self._forward(name)
+
+    @staticmethod
+    def _forward(name: str) -> Callable[..., Any]:
+        def op(*args: Any) -> Any:
+            raise PortalEnvError(f"'{name}' before an env was made on this connection")
+
+        return op
+
+    def _host(self, hosted: Any) -> dict:
+        self.hosted = hosted
+        for name in ("reset", "step", "render", "call", "get_attr", "set_attr"):
+            self._ops[name] = getattr(hosted, name)  # bound once: no lookup per step
+        return hosted.describe()
+
+    def make(self, args: List[Any], kwargs: dict) -> dict:
+        self._drop()
+        return self._host(HostedEnv(self.factory, args, kwargs))
+
+    def make_vec(self, num_envs: int, args: List[Any], kwargs: dict) -> dict:
+        self._drop()
+        return self._host(HostedVectorEnv(self.factory, num_envs, args, kwargs))
+
+    def handle(self, request: Any) -> List[Any]:
+        """Run one request; returns [0, result] or [1, (type, message, traceback)]."""
+        if not isinstance(request, list) or not request or request[0] not in self._ops:
+            head = request[0] if isinstance(request, list) and request else request
+            return _error_reply(ProtocolError(f"unknown request {head!r}"))
+        try:
+            return [0, self._ops[request[0]](*request[1:])]
+        except Exception as exc:  # reported to the agent, which re-raises it
+            return _error_reply(exc)
+
+    def close(self) -> None:
+        self.finished = True
+        self._drop()
+
+    def _drop(self) -> None:
+        hosted, self.hosted = self.hosted, None
+        for name in ("reset", "step", "render", "call", "get_attr", "set_attr"):
+            self._ops[name] = self._forward(name)
+        if hosted is not None:
+            hosted.close()
+
+
+class EnvSidePortal:
+    """Serves environments made by env_factory to any number of agents.
+
+    Args:
+        env_factory: Called as env_factory(*env_args, **env_kwargs) for each env an agent makes.
+        port: TCP port (default: $PORTAL_ENV_PORT, else 7000; 0 picks a free one).
+        host: Interface to bind (default: $PORTAL_ENV_HOST, else 127.0.0.1, loopback only).
+        token: Shared secret agents must prove they hold (default: $PORTAL_ENV_TOKEN or
+            $PORTAL_ENV_TOKEN_FILE, else a new random token recorded for agents of this user).
+        socket_path: Listen on this Unix socket instead of TCP (default: $PORTAL_ENV_SOCKET).
+        max_frame_bytes: Frames larger than this close the connection that sent them.
+    """
+
+    def __init__(
+        self,
+        env_factory: EnvFactory,
+        port: Optional[int] = None,
+        host: Optional[str] = None,
+        token: Optional[str] = None,
+        *,
+        socket_path: Optional[str] = None,
+        max_frame_bytes: int = wire.DEFAULT_MAX_FRAME,
+    ) -> None:
+        if not callable(env_factory):
+            raise TypeError(f"env_factory must be callable, got {env_factory!r}")
+        self.env_factory = env_factory
+        self.max_frame_bytes = max_frame_bytes
+        requested = (
+            wire.Address(path=socket_path) if socket_path else config.server_address(host, port)
+        )
+        try:
+            self._listener = wire.listen(requested)
+        except OSError as exc:
+            raise PortalEnvError(
+                f"cannot listen on {requested}: {exc.strerror or exc}. "
+                f"Choose another port (port=..., {config.PORT_VAR}) or stop the server using it."
+            ) from exc
+        self.address = wire.bound_address(self._listener, requested)
+        self.token = config.explicit_token(token)
+        self._token_file: Optional[Path] = None
+        if self.token is None:
+            self.token, self._token_file = config.publish_token(self.address)
+        self._channels: Set[wire.Channel] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._write_ready_file()
+
+    def _write_ready_file(self) -> None:
+        target = os.environ.get(config.READY_FILE_VAR)
+        if target:
+            tmp = f"{target}.tmp"
+            with open(tmp, "w") as f:
+                f.write(str(self.address))
+            os.replace(tmp, target)  # readers never see a partial address
+
+    def start(self) -> None:
+        """Serve until closed, Ctrl-C or SIGTERM (the seed's name for `run`)."""
+        self.run()
+
+    def run(self) -> None:
+        """Serve until closed, Ctrl-C or SIGTERM."""
+        if not logging.getLogger().handlers and not logger.handlers:
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+        in_main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None
+        logger.info("portal-env serving on %s", self.address)
+        try:
+            self.serve_forever()
+        except KeyboardInterrupt:
+            logger.info("portal-env server stopping")
+        finally:
+            self.close()
+            if in_main:
+                signal.signal(signal.SIGTERM, previous)
+
+    def serve_forever(self) -> None:
+        """Accept connections until close() is called."""
+        while not self._closed:
+            try:
+                sock, _ = self._listener.accept()
+            except OSError:
+                if self._closed:
+                    return
+                raise
+            threading.Thread(target=self._serve_connection, args=(sock,), daemon=True).start()
+
+    def _serve_connection(self, sock: socket.socket) -> None:
+        channel = wire.Channel.accept(sock, self.token, self.max_frame_bytes)
+        if channel is None:
+            logger.warning("refused a connection that failed authentication")
+            sock.close()
+            return
+        with self._lock:
+            if self._closed:
+                channel.close()
+                return
+            self._channels.add(channel)
+        session = Session(self.env_factory)
+        try:
+            self._request_loop(channel, session)
+        finally:
+            session.close()
+            channel.close()
+            with self._lock:
+                self._channels.discard(channel)
+
+    def _request_loop(self, channel: wire.Channel, session: Session) -> None:
+        while not session.finished:
+            try:
+                request = channel.recv()
+            except PortalConnectionError:
+                return  # the agent went away; its env is closed by the caller
+            except ProtocolError as exc:
+                logger.warning("closing a connection that sent a bad frame: %s", exc)
+                return
+            reply = session.handle(request)
+            try:
+                channel.send(reply)
+            except EncodeError as exc:
+                channel.send(_error_reply(exc))
+            except OSError:
+                return
+
+    def close(self) -> None:
+        """Stop serving, close every connection and env; safe to call twice."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            channels = list(self._channels)
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._listener.close()
+        for channel in channels:
+            channel.close()
+        if self.address.path and os.path.exists(self.address.path):
+            os.unlink(self.address.path)
+        if self._token_file is not None:
+            self._token_file.unlink(missing_ok=True)
+
+    def __enter__(self) -> EnvSidePortal:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt

@@ -1,0 +1,105 @@
+"""make_vec: N remote env instances as one gymnasium VectorEnv, stepped in one round trip."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import gymnasium
+import numpy as np
+from gymnasium.vector.utils import batch_space
+
+from . import spaces
+from .client import DEFAULT_TIMEOUT, Client
+
+
+class PortalVectorEnv(gymnasium.vector.VectorEnv):
+    """N instances of a remote env with gymnasium 1.x next-step autoreset."""
+
+    def __init__(
+        self,
+        env_name: str,
+        num_envs: int,
+        env_args: Optional[Sequence[Any]] = None,
+        env_kwargs: Optional[Dict[str, Any]] = None,
+        agent_in_docker: bool = False,
+        address: Optional[str] = None,
+        token: Optional[str] = None,
+        timeout: Optional[float] = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.env_name = env_name
+        self.num_envs = num_envs
+        self._client = Client.for_env(env_name, address, token, agent_in_docker, timeout)
+        args, kwargs = list(env_args or []), dict(env_kwargs or {})
+        description = self._client.call("make_vec", num_envs, args, kwargs)
+        self.single_observation_space = spaces.decode_space(description["observation_space"])
+        self.single_action_space = spaces.decode_space(description["action_space"])
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        self.metadata = dict(description["metadata"])
+        autoreset_mode = getattr(gymnasium.vector, "AutoresetMode", None)
+        if autoreset_mode is not None:
+            self.metadata["autoreset_mode"] = autoreset_mode.NEXT_STEP
+        self.render_mode = description["render_mode"]
+
+    def reset(
+        self,
+        *,
+        seed: Optional[Union[int, List[Optional[int]]]] = None,
+        options: Optional[Dict[str, Any]] = None,
+    ) -> Tuple[Any, Dict[str, Any]]:
+        if seed is None:
+            seeds: List[Optional[int]] = [None] * self.num_envs
+        elif isinstance(seed, (int, np.integer)):
+            seeds = [int(seed) + i for i in range(self.num_envs)]
+        else:
+            seeds = list(seed)
+            if len(seeds) != self.num_envs:
+                raise ValueError(f"reset(seed=...) got {len(seeds)} seeds for {self.num_envs} envs")
+        obs, infos = self._client.call("reset", seeds, options)
+        return obs, self._merge(infos)
+
+    def step(self, actions: Any) -> Tuple[Any, Any, Any, Any, Dict[str, Any]]:
+        obs, rewards, terminations, truncations, infos = self._client.call("step", actions)
+        return obs, rewards, terminations, truncations, self._merge(infos)
+
+    def _merge(self, infos: List[Dict[str, Any]]) -> Dict[str, Any]:
+        merged: Dict[str, Any] = {}
+        for i, info in enumerate(infos):
+            if info:
+                merged = self._add_info(merged, info, i)
+        return merged
+
+    def render(self) -> Optional[Tuple[Any, ...]]:
+        return self._client.call("render")
+
+    def call(self, name: str, *args: Any, **kwargs: Any) -> Tuple[Any, ...]:
+        return self._client.call("call", name, list(args), kwargs)
+
+    def get_attr(self, name: str) -> Tuple[Any, ...]:
+        return self._client.call("get_attr", name)
+
+    def set_attr(self, name: str, values: Union[List[Any], Tuple[Any, ...], Any]) -> None:
+        if not isinstance(values, (list, tuple)):
+            values = [values] * self.num_envs
+        if len(values) != self.num_envs:
+            raise ValueError(f"set_attr got {len(values)} values for {self.num_envs} envs")
+        self._client.call("set_attr", name, list(values))
+
+    def close_extras(self, **kwargs: Any) -> None:
+        self._client.close()
+
+
+def make_vec(
+    env_name: str,
+    num_envs: int = 1,
+    env_args: Optional[Sequence[Any]] = None,
+    env_kwargs: Optional[Dict[str, Any]] = None,
+    agent_in_docker: bool = False,
+    address: Optional[str] = None,
+    token: Optional[str] = None,
+    timeout: Optional[float] = DEFAULT_TIMEOUT,
+) -> PortalVectorEnv:
+    """N instances of env_name's env as a gymnasium VectorEnv; see AgentSidePortal for the arguments."""
+    return PortalVectorEnv(
+        env_name, num_envs, env_args, env_kwargs, agent_in_docker, address, token, timeout
+    )

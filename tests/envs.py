@@ -1,0 +1,117 @@
+"""Environments for the tests, registered with gymnasium under PortalTest/*."""
+
+from __future__ import annotations
+
+import ale_py
+import gymnasium
+import numpy as np
+from gymnasium import spaces
+
+gymnasium.register_envs(ale_py)  # ALE/Pong-v5 for the slow tests
+
+
+class RichEnv(gymnasium.Env):
+    """Dict/Tuple observations and infos holding every value type the codec keeps exact."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 30}
+
+    def __init__(self, render_mode=None):
+        self.render_mode = render_mode
+        self.observation_space = spaces.Dict(
+            {
+                "pos": spaces.Box(-1.0, 1.0, (3,), np.float64),
+                "grid": spaces.Box(0, 255, (4, 5), np.uint8),
+                "pair": spaces.Tuple((spaces.Discrete(5, start=2), spaces.MultiBinary((2, 2)))),
+                "count": spaces.Discrete(100),
+            }
+        )
+        self.action_space = spaces.MultiDiscrete([3, 4], start=[-1, 0])
+        self.t = 0
+        self.label = "initial"
+
+    def _obs(self):
+        return self.observation_space.sample()
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.observation_space.seed(int(self.np_random.integers(1 << 30)))
+        self.t = 0
+        return self._obs(), {"options": options, "seeded": seed is not None}
+
+    def step(self, action):
+        self.t += 1
+        info = {
+            "t": self.t,
+            "np_int": np.int16(self.t),
+            "np_float": np.float32(0.5),
+            "flag": np.bool_(self.t % 2 == 0),
+            "tuple": (1, "two", b"three", None),
+            "list": [1.5, [2, (3,)]],
+            "nested": {"a": {"b": np.arange(3, dtype=np.int8)}},
+            "action": action,
+        }
+        reward = float(self.np_random.normal())
+        return self._obs(), reward, self.t >= 7, False, info
+
+    def render(self):
+        return np.full((8, 6, 3), self.t, dtype=np.uint8)
+
+    def double(self, x, scale=2):
+        return x * scale
+
+
+class FaultyEnv(gymnasium.Env):
+    """Raises inside the env on demand, to test remote error reporting."""
+
+    observation_space = spaces.Box(0.0, 1.0, (2,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def __init__(self, fail_in=None, render_mode=None):
+        if fail_in == "init":
+            raise RuntimeError("factory failed on purpose")
+        self.fail_in = fail_in
+        self.render_mode = render_mode
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        if self.fail_in == "reset":
+            raise ValueError("reset failed on purpose")
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        if action == 1:
+            self._explode()
+        return np.zeros(2, np.float32), 0.0, False, False, {}
+
+    def _explode(self):
+        raise ZeroDivisionError("step failed on purpose")
+
+    def render(self):
+        raise KeyError("render failed on purpose")
+
+
+class BigEnv(gymnasium.Env):
+    """A 16 MB observation (4096 x 1024 float32)."""
+
+    observation_space = spaces.Box(0.0, 1.0, (4096, 1024), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self._obs(), {}
+
+    def step(self, action):
+        return self._obs(), 1.0, False, False, {}
+
+    def _obs(self):
+        return self.np_random.random((4096, 1024), dtype=np.float32)
+
+
+gymnasium.register("PortalTest/Rich-v0", entry_point=RichEnv, max_episode_steps=50)
+gymnasium.register("PortalTest/Faulty-v0", entry_point=FaultyEnv, disable_env_checker=True)
+gymnasium.register("PortalTest/Big-v0", entry_point=BigEnv)
+
+
+def make(*args, **kwargs):
+    """The factory the test servers serve: gymnasium.make with the test envs registered."""
+    return gymnasium.make(*args, **kwargs)

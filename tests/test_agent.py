@@ -1,0 +1,238 @@
+"""AgentSidePortal against a real server process: the whole gymnasium API."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import gymnasium
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+from portal_env import AgentSidePortal, AuthenticationError, PortalConnectionError, RemoteEnvError
+from tests import envs
+
+
+def assert_identical(a, b, path="value"):
+    """Same type, dtype, shape and bits, recursively."""
+    assert type(a) is type(b), f"{path}: {type(a)} != {type(b)}"
+    if isinstance(a, np.ndarray):
+        assert a.dtype == b.dtype and a.shape == b.shape, (
+            f"{path}: {a.dtype}{a.shape} vs {b.dtype}{b.shape}"
+        )
+        if a.dtype == object:
+            assert_identical(a.tolist(), b.tolist(), path)
+        else:
+            assert a.tobytes() == b.tobytes(), f"{path}: array contents differ"
+    elif isinstance(a, dict):
+        assert list(a) == list(b), f"{path}: keys {list(a)} != {list(b)}"
+        for key in a:
+            assert_identical(a[key], b[key], f"{path}[{key!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), f"{path}: length {len(a)} != {len(b)}"
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_identical(x, y, f"{path}[{i}]")
+    elif isinstance(a, np.generic):
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), f"{path}: {a!r} != {b!r}"
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"
+
+
+def run_trajectory(env, seed, steps):
+    """Seeded reset and `steps` steps with seeded actions; every return value."""
+    env.action_space.seed(seed)
+    out = [env.reset(seed=seed)]
+    for _ in range(steps):
+        result = env.step(env.action_space.sample())
+        out.append(result)
+        if result[2] or result[3]:
+            out.append(env.reset())
+    return out
+
+
+@pytest.mark.parametrize(
+    "env_id", ["CartPole-v1", "Pendulum-v1", "PortalTest/Rich-v0", "MountainCarContinuous-v0"]
+)
+def test_gymnasium_check_env_passes(server, env_id):
+    with AgentSidePortal("custom", env_args=[env_id], **server.kwargs()) as env:
+        check_env(env, skip_render_check=True)
+
+
+@pytest.mark.parametrize("env_id,steps", [("CartPole-v1", 300), ("PortalTest/Rich-v0", 40)])
+def test_seeded_trajectory_is_bit_identical_to_in_process(server, env_id, steps):
+    local = envs.make(env_id)
+    remote = AgentSidePortal("custom", env_args=[env_id], **server.kwargs())
+    try:
+        assert_identical(run_trajectory(remote, 42, steps), run_trajectory(local, 42, steps))
+    finally:
+        remote.close()
+        local.close()
+
+
+def test_spaces_metadata_and_render(server):
+    env = AgentSidePortal(
+        "custom", ["PortalTest/Rich-v0"], {"render_mode": "rgb_array"}, **server.kwargs()
+    )
+    local = envs.make("PortalTest/Rich-v0", render_mode="rgb_array")
+    assert env.observation_space == local.observation_space
+    assert isinstance(env.observation_space, gymnasium.spaces.Dict)
+    assert env.action_space == local.action_space
+    assert env.metadata == local.metadata
+    assert env.render_mode == "rgb_array"
+    assert env.remote_spec_id == "PortalTest/Rich-v0"
+    env.reset(seed=1)
+    env.step(env.action_space.sample())
+    frame = env.render()
+    assert frame.dtype == np.uint8 and frame.shape == (8, 6, 3) and (frame == 1).all()
+    env.close()
+
+
+def test_call_get_attr_and_set_attr(server):
+    env = AgentSidePortal("custom", ["PortalTest/Rich-v0"], **server.kwargs())
+    assert env.call("double", 21) == 42
+    assert env.call("double", 2, scale=5) == 10
+    assert env.get_attr("label") == "initial"
+    env.set_attr("label", "changed")
+    assert env.call("label") == "changed"  # not callable: read, as gymnasium's vector call does
+    env.close()
+
+
+def test_remote_exception_carries_type_and_traceback_and_server_lives_on(server):
+    env = AgentSidePortal("custom", ["PortalTest/Faulty-v0"], **server.kwargs())
+    env.reset()
+    with pytest.raises(RemoteEnvError) as caught:
+        env.step(1)
+    err = caught.value
+    assert err.remote_type == "ZeroDivisionError"
+    assert "step failed on purpose" in str(err)
+    assert "_explode" in err.remote_traceback and "envs.py" in err.remote_traceback
+    with pytest.raises(RemoteEnvError, match="KeyError"):
+        env.render()
+    assert env.step(0)[1] == 0.0  # the same instance still works
+    env.close()
+    with pytest.raises(RemoteEnvError, match="factory failed on purpose"):
+        AgentSidePortal("custom", ["PortalTest/Faulty-v0"], {"fail_in": "init"}, **server.kwargs())
+    bad_reset = AgentSidePortal(
+        "custom", ["PortalTest/Faulty-v0"], {"fail_in": "reset"}, **server.kwargs()
+    )
+    with pytest.raises(RemoteEnvError, match="ValueError: reset failed on purpose"):
+        bad_reset.reset()
+    bad_reset.close()
+    with AgentSidePortal("custom", ["CartPole-v1"], **server.kwargs()) as other:
+        other.reset(seed=0)
+    with pytest.raises(RemoteEnvError, match="NameNotFound|not found|doesn't exist"):
+        AgentSidePortal("custom", ["NoSuchEnv-v0"], **server.kwargs())
+    assert server.proc.poll() is None
+
+
+def test_wrong_token_is_refused_with_a_clear_error(server):
+    with pytest.raises(AuthenticationError, match="refused the token"):
+        AgentSidePortal("custom", ["CartPole-v1"], address=server.address, token="wrong")
+    with AgentSidePortal("custom", ["CartPole-v1"], **server.kwargs()) as env:
+        env.reset()
+
+
+def test_nothing_listening_gives_connection_error():
+    with pytest.raises(PortalConnectionError, match="cannot connect"):
+        AgentSidePortal("custom", ["CartPole-v1"], address="127.0.0.1:1", token="x")
+
+
+def test_server_killed_mid_episode_gives_error_within_seconds(server):
+    env = AgentSidePortal("custom", ["CartPole-v1"], **server.kwargs())
+    env.reset(seed=0)
+    env.step(0)
+    os.kill(server.proc.pid, signal.SIGKILL)
+    server.proc.wait()
+    start = time.monotonic()
+    with pytest.raises(PortalConnectionError, match="lost the connection.*not resent"):
+        env.step(0)
+    assert time.monotonic() - start < 3
+    with pytest.raises(PortalConnectionError, match="was lost earlier"):
+        env.step(0)  # never silently resent on a new connection
+    env.close()
+    env.close()  # idempotent
+
+
+def test_server_hung_mid_call_times_out(server):
+    env = AgentSidePortal("custom", ["CartPole-v1"], timeout=1.0, **server.kwargs())
+    env.reset(seed=0)
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    try:
+        start = time.monotonic()
+        with pytest.raises(PortalConnectionError, match="timed out"):
+            env.step(0)
+        assert time.monotonic() - start < 3
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+    env.close()
+
+
+def test_reset_after_server_restart_makes_a_fresh_remote_env(tmp_path):
+    from tests.conftest import start_server
+
+    first = start_server(tmp_path)
+    port = first.address.rsplit(":", 1)[1]
+    env = AgentSidePortal("custom", ["CartPole-v1"], **first.kwargs())
+    env.reset(seed=0)
+    first.proc.kill()
+    first.proc.wait()
+    with pytest.raises(PortalConnectionError):
+        env.step(0)
+    second = start_server(tmp_path, {"PORTAL_ENV_PORT": port, "PORTAL_ENV_TOKEN": first.token})
+    try:
+        obs, _ = env.reset(seed=0)
+        assert obs.shape == (4,)
+        env.step(0)
+    finally:
+        env.close()
+        second.stop()
+
+
+def test_sixteen_megabyte_observation(server):
+    env = AgentSidePortal("custom", ["PortalTest/Big-v0"], **server.kwargs())
+    local = envs.make("PortalTest/Big-v0")
+    obs, _ = env.reset(seed=3)
+    expected, _ = local.reset(seed=3)
+    assert obs.nbytes == 16 * 1024 * 1024
+    assert obs.flags.writeable and obs.flags.aligned
+    np.testing.assert_array_equal(obs, expected)
+    obs2 = env.step(0)[0]
+    np.testing.assert_array_equal(obs2, local.step(0)[0])
+    env.close()
+
+
+def test_two_agents_on_one_server_at_once(server):
+    results = {}
+
+    def agent(seed):
+        with AgentSidePortal("custom", ["CartPole-v1"], **server.kwargs()) as env:
+            results[seed] = run_trajectory(env, seed, 200)
+
+    threads = [threading.Thread(target=agent, args=(seed,)) for seed in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for seed in (1, 2):
+        assert_identical(results[seed], run_trajectory(gymnasium.make("CartPole-v1"), seed, 200))
+
+
+def test_agents_from_two_processes(server):
+    import subprocess
+    import sys
+
+    code = (
+        "from portal_env import AgentSidePortal\n"
+        f"env = AgentSidePortal('custom', ['CartPole-v1'], address={server.address!r}, token={server.token!r})\n"
+        "env.reset(seed=0)\n"
+        "for _ in range(100): env.step(env.action_space.sample())\n"
+        "env.close(); print('done')\n"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    assert [p.communicate(timeout=60)[0].strip() for p in procs] == ["done", "done"]

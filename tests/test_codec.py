@@ -1,0 +1,92 @@
+"""The frame codec keeps every value's exact type and rejects malformed frames."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from portal_env import codec
+from portal_env.errors import EncodeError, ProtocolError
+from tests.test_agent import assert_identical
+
+CASES = [
+    None,
+    True,
+    False,
+    0,
+    -(2**63),
+    2**64 - 1,
+    1.5,
+    float("inf"),
+    "text ü",
+    b"\x00bytes",
+    [],
+    (),
+    [1, (2, [3, (4,)])],
+    {"b": 1, "a": 2, 3: "int key", (1, 2): "tuple key"},
+    np.float32(1.25),
+    np.int8(-3),
+    np.uint64(2**64 - 1),
+    np.bool_(True),
+    np.complex64(1 + 2j),
+    np.datetime64("2026-11-24"),
+    np.zeros((), np.float64),
+    np.arange(24, dtype=">i4").reshape(2, 3, 4),
+    np.zeros((0, 3), np.uint8),
+    np.array([True, False]),
+    np.array(["ab", "c"]),
+    np.arange(10, dtype=np.float16)[::3],  # not contiguous
+    np.asfortranarray(np.arange(6.0).reshape(2, 3)),
+    {"obs": (np.ones(3, np.float32), {"x": np.int64(4)}), "info": [None, "s"]},
+]
+
+
+def roundtrip(obj):
+    parts, size = codec.encode(obj)
+    frame = bytearray(b"".join(bytes(memoryview(p).cast("B")) for p in parts))
+    assert len(frame) == size
+    return codec.decode(frame)
+
+
+@pytest.mark.parametrize("value", CASES, ids=lambda v: type(v).__name__)
+def test_value_roundtrips_exactly(value):
+    assert_identical(roundtrip(value), value)
+
+
+def test_decoded_arrays_are_writable_and_aligned():
+    out = roundtrip([np.ones(3, np.uint8), np.ones((5, 7), np.float64)])
+    for array in out:
+        assert array.flags.writeable and array.flags.aligned
+        array += 1
+
+
+def test_other_objects_travel_pickled():
+    value = {
+        "set": {1, 2},
+        "frozen": frozenset("ab"),
+        "obj_array": np.array([None, 1], dtype=object),
+    }
+    out = roundtrip(value)
+    assert out["set"] == {1, 2} and out["frozen"] == frozenset("ab")
+    assert out["obj_array"].dtype == object and list(out["obj_array"]) == [None, 1]
+
+
+def test_unencodable_value_names_its_type():
+    with pytest.raises(EncodeError, match="lambda|function"):
+        roundtrip({"f": lambda: 0})
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [b"", b"\x01\x00", b"\xff\xff\xff\x00garbage", b"\x02\x00\x00\x00\xc1\xc1" + bytes(10)],
+)
+def test_malformed_frames_raise_protocol_error(frame):
+    with pytest.raises(ProtocolError):
+        codec.decode(bytearray(frame))
+
+
+def test_array_reference_outside_the_frame_is_rejected():
+    parts, _ = codec.encode(np.ones(100, np.float64))
+    frame = bytearray(bytes(parts[0]))  # structure only, data missing
+    with pytest.raises(ProtocolError, match="outside the frame"):
+        codec.decode(frame)
