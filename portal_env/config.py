@@ -103,7 +103,9 @@ def explicit_token(token: Optional[str], env: Mapping[str, str] = os.environ) ->
         try:
             return path.read_text().strip()
         except OSError as exc:
-            raise PortalEnvError(f"cannot read the token file {path} ({TOKEN_FILE_VAR}): {exc}")
+            raise PortalEnvError(
+                f"cannot read the token file {path} ({TOKEN_FILE_VAR}): {exc}"
+            ) from exc
     return None
 
 

@@ -99,7 +99,10 @@ def make_vec(
     token: Optional[str] = None,
     timeout: Optional[float] = DEFAULT_TIMEOUT,
 ) -> PortalVectorEnv:
-    """N instances of env_name's env as a gymnasium VectorEnv; see AgentSidePortal for the arguments."""
+    """N instances of env_name's env as one gymnasium VectorEnv.
+
+    The arguments are those of AgentSidePortal, plus num_envs.
+    """
     return PortalVectorEnv(
         env_name, num_envs, env_args, env_kwargs, agent_in_docker, address, token, timeout
     )

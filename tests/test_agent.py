@@ -226,7 +226,8 @@ def test_agents_from_two_processes(server):
 
     code = (
         "from portal_env import AgentSidePortal\n"
-        f"env = AgentSidePortal('custom', ['CartPole-v1'], address={server.address!r}, token={server.token!r})\n"
+        f"env = AgentSidePortal('custom', ['CartPole-v1'], address={server.address!r}, "
+        f"token={server.token!r})\n"
         "env.reset(seed=0)\n"
         "for _ in range(100): env.step(env.action_space.sample())\n"
         "env.close(); print('done')\n"

@@ -86,7 +86,10 @@ def test_run_stops_cleanly_on_signals_with_an_agent_connected(server, sig):
 
 def test_start_is_run_and_serves_in_the_foreground(tmp_path):
     ready = tmp_path / "ready"
-    code = "import gymnasium; from portal_env import EnvSidePortal\nEnvSidePortal(gymnasium.make).start()\n"
+    code = (
+        "import gymnasium; from portal_env import EnvSidePortal\n"
+        "EnvSidePortal(gymnasium.make).start()\n"
+    )
     env = dict(
         os.environ, PORTAL_ENV_PORT="0", PORTAL_ENV_TOKEN="x", PORTAL_ENV_READY_FILE=str(ready)
     )
