@@ -6,7 +6,7 @@ from typing import Any, Dict, List, Optional, Sequence, SupportsFloat, Tuple
 
 import gymnasium
 
-from . import spaces
+from . import fastpath, spaces
 from .client import DEFAULT_TIMEOUT, Client
 
 
@@ -47,6 +47,7 @@ class AgentSidePortal(gymnasium.Env):
         self.metadata = description["metadata"]
         self.render_mode = description["render_mode"]
         self.remote_spec_id: Optional[str] = description["spec_id"]
+        self._client.adopt_layout(fastpath.EnvLayout(self.observation_space, self.action_space))
 
     def _open(self) -> Client:
         return Client.for_env(self.env_name, *self._connect_args)
@@ -59,11 +60,12 @@ class AgentSidePortal(gymnasium.Env):
         if self._client.broken:
             self._client = self._open()
             self._client.call("make", self.env_args, self.env_kwargs)
+            self._client.adopt_layout(fastpath.EnvLayout(self.observation_space, self.action_space))
         obs, info = self._client.call("reset", seed, options)
         return obs, info
 
     def step(self, action: Any) -> Tuple[Any, SupportsFloat, bool, bool, Dict[str, Any]]:
-        obs, reward, terminated, truncated, info = self._client.call("step", action)
+        obs, reward, terminated, truncated, info = self._client.step(action)
         return obs, reward, terminated, truncated, info
 
     def render(self) -> Any:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import weakref
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
-from . import config, wire
+from . import config, sharedmem, wire
 from .errors import PortalConnectionError, ProtocolError, RemoteEnvError
 
 DEFAULT_TIMEOUT = 300.0  # seconds; generous for slow resets (emulators, Minecraft-likes)
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 class Client:
@@ -16,13 +18,18 @@ class Client:
 
     Retrying could apply a step twice, so once the connection breaks every
     call raises PortalConnectionError until a new Client is made.
+
+    Attributes:
+        layout: The step layout agreed from the env's spaces (a `fastpath`
+            layout), set once an env is made; None sends steps as general calls.
     """
 
     def __init__(self, env_name: str, address: wire.Address, token: str, timeout: Optional[float]):
         self.env_name = env_name
         self.address = address
         self.broken = False
-        self._channel = wire.Channel.connect(address, token, timeout)
+        self.layout: Any = None
+        self._channel = wire.Channel.connect(address, token, timeout, config.spin_us())
         self._finalizer = weakref.finalize(self, self._channel.close)  # no I/O, just close
 
     @classmethod
@@ -39,16 +46,54 @@ class Client:
         secret = config.explicit_token(token) or config.find_token(where)
         return cls(env_name, where, secret, timeout)
 
+    def adopt_layout(self, layout: Any) -> None:
+        """Use layout for steps, with shared memory for large observations when local."""
+        self.layout = layout
+        local = self.address.path is not None or self.address.host in _LOOPBACK
+        if not (local and layout.wants_shared_memory()):
+            return
+        path, mapping = sharedmem.create(layout.obs.nbytes)
+        try:
+            accepted = self.call("share_memory", path, layout.obs.nbytes)
+        finally:
+            os.unlink(path)  # both sides have it mapped (or not): nothing to leak
+        if accepted:
+            layout.shm = mapping
+        else:
+            mapping.close()
+
     def call(self, op: str, *args: Any) -> Any:
         """Run op on the server; remote exceptions re-raise as RemoteEnvError."""
+
+        def exchange() -> Any:
+            self._channel.send([op, *args])
+            return self._unwrap(op, self._channel.recv())
+
+        return self._guarded(op, exchange)
+
+    def step(self, action: Any) -> Any:
+        """A step, in the fast layout when the action fits it; the result as a sequence."""
+        request = self.layout.encode_action(action) if self.layout is not None else None
+        if request is None:
+            return self.call("step", action)
+
+        def exchange() -> Any:
+            self._channel.send_parts(wire.FAST_STEP, [request], len(request))
+            kind, payload = self._channel.recv_frame()
+            if kind == wire.FAST_REPLY:
+                return self.layout.decode_result(payload)
+            return self._unwrap("step", self._channel.decode(payload))
+
+        return self._guarded("step", exchange)
+
+    def _guarded(self, op: str, exchange: Callable[[], Any]) -> Any:
         if self.broken:
             raise PortalConnectionError(
                 f"the connection to the '{self.env_name}' portal at {self.address} was lost "
                 "earlier; its env instance is gone. Make a new env (or call reset())."
             )
         try:
-            self._channel.send([op, *args])
-            reply = self._channel.recv()
+            return exchange()
         except (PortalConnectionError, OSError) as exc:
             self.broken = True
             self._channel.close()
@@ -57,6 +102,8 @@ class Client:
                 f"'{op}' ({exc}); the request may or may not have run and is not resent. "
                 "Make a new env (or call reset()) once the server is back."
             ) from exc
+
+    def _unwrap(self, op: str, reply: Any) -> Any:
         if not isinstance(reply, list) or len(reply) != 2 or reply[0] not in (0, 1):
             raise ProtocolError(f"malformed reply to '{op}' from {self.address}: {reply!r:.200}")
         status, payload = reply

@@ -6,6 +6,7 @@ The supervisor hands a server its settings through these environment variables:
 - ``PORTAL_ENV_SOCKET``: a Unix socket path to bind instead of TCP.
 - ``PORTAL_ENV_TOKEN``: the token; or ``PORTAL_ENV_TOKEN_FILE``, a file holding it.
 - ``PORTAL_ENV_READY_FILE``: the server writes its bound address there once listening.
+- ``PORTAL_ENV_SPIN_US``: how long a receiver polls before blocking (both sides; default 100).
 
 An agent reads ``PORTAL_ENV_ADDRESS`` and the same token variables. A server
 given no token generates one and records it in the user's private state
@@ -18,7 +19,7 @@ import hashlib
 import os
 import secrets
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Tuple
 
 from .errors import PortalEnvError
 from .wire import Address
@@ -35,6 +36,20 @@ TOKEN_FILE_VAR = "PORTAL_ENV_TOKEN_FILE"
 READY_FILE_VAR = "PORTAL_ENV_READY_FILE"
 ADDRESS_VAR = "PORTAL_ENV_ADDRESS"
 STATE_DIR_VAR = "PORTAL_ENV_STATE_DIR"
+SPIN_VAR = "PORTAL_ENV_SPIN_US"
+DEFAULT_SPIN_US = 100.0
+
+
+def spin_us(env: Mapping[str, str] = os.environ) -> float:
+    """How long a receiver polls before it blocks (see wire.Channel._spin)."""
+    raw = env.get(SPIN_VAR, "")
+    try:
+        return max(0.0, float(raw)) if raw else DEFAULT_SPIN_US
+    except ValueError:
+        raise PortalEnvError(f"{SPIN_VAR}={raw!r} is not a number of microseconds") from None
+
+
+CACHE_DIR_VAR = "PORTAL_ENV_CACHE_DIR"
 
 
 def state_dir() -> Path:
@@ -50,6 +65,19 @@ def state_dir() -> Path:
         except ImportError:  # a minimal runtime: same place platformdirs picks on Linux
             base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
             path = Path(base) / "portal-env"
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
+def cache_dir() -> Path:
+    """The user's cache of built runtimes ($PORTAL_ENV_CACHE_DIR, else the platform's)."""
+    explicit = os.environ.get(CACHE_DIR_VAR)
+    if explicit:
+        path = Path(explicit)
+    else:
+        import platformdirs
+
+        path = Path(platformdirs.user_cache_dir("portal-env", appauthor=False))
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     return path
 
@@ -82,6 +110,29 @@ def agent_address(
     if agent_in_docker:  # the env's container is reachable by name on portal_env_net
         return Address(host=DOCKER_HOST_PREFIX + env_name, port=DEFAULT_PORT)
     return Address(host=DEFAULT_HOST, port=DEFAULT_PORT)
+
+
+def agent_endpoint(
+    env_name: str,
+    address: Optional[str],
+    token: Optional[str],
+    agent_in_docker: bool,
+    env: Mapping[str, str] = os.environ,
+) -> Tuple[Address, str]:
+    """The address and token an agent uses for env_name.
+
+    An explicit address (argument or $PORTAL_ENV_ADDRESS) wins; else, outside
+    Docker, the registry record of a running portal named env_name; else the
+    defaults (127.0.0.1:7000 and the token a local server recorded for it).
+    """
+    if not (address or env.get(ADDRESS_VAR)) and not agent_in_docker:
+        from . import registry  # lazily: the agent's import path stays light
+
+        record = registry.lookup(env_name)
+        if record is not None:
+            return Address.parse(record.address), token or record.token
+    where = agent_address(env_name, address, agent_in_docker, env)
+    return where, explicit_token(token, env) or find_token(where)
 
 
 def _token_path(address: Address) -> Path:

@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
 
-from . import spaces
+from . import fastpath, spaces
 
 EnvFactory = Callable[..., Any]
 
@@ -55,13 +55,14 @@ class HostedEnv:
     def describe(self) -> Dict[str, Any]:
         return _describe(self.env)
 
-    # reset and step answer lists: the agent rebuilds the tuples, which keeps
-    # a nested tuple (a second msgpack pass) off the step path.
-    def reset(self, seed: Optional[int], options: Optional[dict]) -> List[Any]:
-        return list(self.env.reset(seed=seed, options=options))
+    def layout(self) -> fastpath.EnvLayout:
+        return fastpath.EnvLayout(self.env.observation_space, self.env.action_space)
 
-    def step(self, action: Any) -> List[Any]:
-        return list(self.env.step(action))
+    def reset(self, seed: Optional[int], options: Optional[dict]) -> Any:
+        return self.env.reset(seed=seed, options=options)
+
+    def step(self, action: Any) -> Any:
+        return self.env.step(action)
 
     def render(self) -> Any:
         return self.env.render()
@@ -105,6 +106,10 @@ class HostedVectorEnv:
 
     def describe(self) -> Dict[str, Any]:
         return _describe(self.envs[0])
+
+    def layout(self) -> fastpath.VectorLayout:
+        first = self.envs[0]
+        return fastpath.VectorLayout(first.observation_space, first.action_space, len(self.envs))
 
     def _batch(self, observations: Sequence[Any]) -> Any:
         out = create_empty_array(self.single_observation_space, len(self.envs), fn=np.empty)

@@ -18,7 +18,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Set
 
-from . import config, wire
+from . import config, sharedmem, wire
 from .errors import EncodeError, PortalConnectionError, PortalEnvError, ProtocolError
 from .hosted import EnvFactory, HostedEnv, HostedVectorEnv
 
@@ -41,11 +41,13 @@ class Session:
     def __init__(self, factory: EnvFactory) -> None:
         self.factory = factory
         self.hosted: Any = None
+        self.layout: Any = None
         self.finished = False
         self._ops: dict = {
             "ping": lambda: "pong",
             "make": self.make,
             "make_vec": self.make_vec,
+            "share_memory": self.share_memory,
             "close": self.close,
         }
         for name in ("reset", "step", "render", "call", "get_attr", "set_attr"):
@@ -60,9 +62,28 @@ class Session:
 
     def _host(self, hosted: Any) -> dict:
         self.hosted = hosted
-        for name in ("reset", "step", "render", "call", "get_attr", "set_attr"):
+        for name in ("render", "call", "get_attr", "set_attr"):
             self._ops[name] = getattr(hosted, name)  # bound once: no lookup per step
+        # Results travel as lists: the agent rebuilds the tuples, which keeps a
+        # nested tuple (a second msgpack pass) off the step path.
+        self._ops["reset"] = lambda *args: list(hosted.reset(*args))
+        self._ops["step"] = lambda action: list(hosted.step(action))
+        self.layout = hosted.layout()
         return hosted.describe()
+
+    def share_memory(self, path: str, size: int) -> bool:
+        """Map the agent's shared memory for observations; False if it cannot be used here."""
+        layout = self.layout
+        if layout is None or not layout.wants_shared_memory() or size != layout.obs.nbytes:
+            return False
+        layout.shm = sharedmem.attach(path, size)
+        return layout.shm is not None
+
+    def fast_step(self, payload: bytearray) -> Any:
+        """A step request in the layout agreed from the spaces; the env's raw result."""
+        if self.layout is None:
+            raise ProtocolError("fast step request before an env was made on this connection")
+        return self.hosted.step(self.layout.decode_action(payload))
 
     def make(self, args: List[Any], kwargs: dict) -> dict:
         self._drop()
@@ -87,7 +108,7 @@ class Session:
         self._drop()
 
     def _drop(self) -> None:
-        hosted, self.hosted = self.hosted, None
+        hosted, self.hosted, self.layout = self.hosted, None, None
         for name in ("reset", "step", "render", "call", "get_attr", "set_attr"):
             self._ops[name] = self._forward(name)
         if hosted is not None:
@@ -136,6 +157,7 @@ class EnvSidePortal:
         self._token_file: Optional[Path] = None
         if self.token is None:
             self.token, self._token_file = config.publish_token(self.address)
+        self._spin_us = config.spin_us()
         self._channels: Set[wire.Channel] = set()
         self._lock = threading.Lock()
         self._closed = False
@@ -181,7 +203,7 @@ class EnvSidePortal:
             threading.Thread(target=self._serve_connection, args=(sock,), daemon=True).start()
 
     def _serve_connection(self, sock: socket.socket) -> None:
-        channel = wire.Channel.accept(sock, self.token, self.max_frame_bytes)
+        channel = wire.Channel.accept(sock, self.token, self.max_frame_bytes, self._spin_us)
         if channel is None:
             logger.warning("refused a connection that failed authentication")
             sock.close()
@@ -203,19 +225,42 @@ class EnvSidePortal:
     def _request_loop(self, channel: wire.Channel, session: Session) -> None:
         while not session.finished:
             try:
-                request = channel.recv()
+                kind, payload = channel.recv_frame()
+                if kind == wire.FAST_STEP:
+                    self._fast_step(channel, session, payload)
+                    continue
+                if kind != wire.GENERAL:
+                    raise ProtocolError(f"unexpected frame kind {kind}")
+                reply = session.handle(channel.decode(payload))
+                self._reply(channel, reply)
             except PortalConnectionError:
                 return  # the agent went away; its env is closed by the caller
             except ProtocolError as exc:
                 logger.warning("closing a connection that sent a bad frame: %s", exc)
                 return
-            reply = session.handle(request)
-            try:
-                channel.send(reply)
-            except EncodeError as exc:
-                channel.send(_error_reply(exc))
-            except OSError:
-                return
+
+    def _fast_step(self, channel: wire.Channel, session: Session, payload: bytearray) -> None:
+        try:
+            result = session.fast_step(payload)
+        except ProtocolError:
+            raise
+        except Exception as exc:  # reported to the agent, which re-raises it
+            self._reply(channel, _error_reply(exc))
+            return
+        laid_out = session.layout.encode_result(result)
+        if laid_out is not None:
+            channel.send_parts(wire.FAST_REPLY, *laid_out)
+        else:  # a value outside the layout: the general codec keeps it exact
+            self._reply(channel, [0, list(result)])
+
+    @staticmethod
+    def _reply(channel: wire.Channel, reply: List[Any]) -> None:
+        try:
+            channel.send(reply)
+        except EncodeError as exc:
+            channel.send(_error_reply(exc))
+        except OSError as exc:
+            raise PortalConnectionError(str(exc)) from exc
 
     def close(self) -> None:
         """Stop serving, close every connection and env; safe to call twice."""

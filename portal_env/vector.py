@@ -8,7 +8,7 @@ import gymnasium
 import numpy as np
 from gymnasium.vector.utils import batch_space
 
-from . import spaces
+from . import fastpath, spaces
 from .client import DEFAULT_TIMEOUT, Client
 
 
@@ -40,6 +40,9 @@ class PortalVectorEnv(gymnasium.vector.VectorEnv):
         if autoreset_mode is not None:
             self.metadata["autoreset_mode"] = autoreset_mode.NEXT_STEP
         self.render_mode = description["render_mode"]
+        self._client.adopt_layout(
+            fastpath.VectorLayout(self.single_observation_space, self.single_action_space, num_envs)
+        )
 
     def reset(
         self,
@@ -59,7 +62,7 @@ class PortalVectorEnv(gymnasium.vector.VectorEnv):
         return obs, self._merge(infos)
 
     def step(self, actions: Any) -> Tuple[Any, Any, Any, Any, Dict[str, Any]]:
-        obs, rewards, terminations, truncations, infos = self._client.call("step", actions)
+        obs, rewards, terminations, truncations, infos = self._client.step(actions)
         return obs, rewards, terminations, truncations, self._merge(infos)
 
     def _merge(self, infos: List[Dict[str, Any]]) -> Dict[str, Any]:

@@ -107,6 +107,33 @@ class BigEnv(gymnasium.Env):
         return self.np_random.random((4096, 1024), dtype=np.float32)
 
 
+class TypedEnv(gymnasium.Env):
+    """Box obs and Discrete actions (the fast step layout), but cycling through every
+    reward and flag type, empty and full infos, and now and then an observation
+    outside the space's dtype, so that both the fast path and its fallback run."""
+
+    observation_space = spaces.Box(-1.0, 1.0, (3,), np.float32)
+    action_space = spaces.Discrete(3)
+    REWARDS = (1.5, 2, np.float64(0.25), np.float32(-0.5), 2**60, np.int64(3))
+    FLAGS = (False, np.False_)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self.np_random.random(3, dtype=np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        obs = self.np_random.random(3, dtype=np.float32)
+        if self.t % 7 == 0:
+            obs = obs.astype(np.float64)  # outside the layout: general codec
+        reward = self.REWARDS[self.t % len(self.REWARDS)]
+        flag = self.FLAGS[self.t % 2]
+        info = {"t": self.t, "action": action} if self.t % 3 else {}
+        return obs, reward, flag if self.t < 20 else True, flag, info
+
+
+gymnasium.register("PortalTest/Typed-v0", entry_point=TypedEnv, disable_env_checker=True)
 gymnasium.register("PortalTest/Rich-v0", entry_point=RichEnv, max_episode_steps=50)
 gymnasium.register("PortalTest/Faulty-v0", entry_point=FaultyEnv, disable_env_checker=True)
 gymnasium.register("PortalTest/Big-v0", entry_point=BigEnv)

@@ -61,7 +61,10 @@ def test_gymnasium_check_env_passes(server, env_id):
         check_env(env, skip_render_check=True)
 
 
-@pytest.mark.parametrize("env_id,steps", [("CartPole-v1", 300), ("PortalTest/Rich-v0", 40)])
+@pytest.mark.parametrize(
+    "env_id,steps",
+    [("CartPole-v1", 300), ("PortalTest/Rich-v0", 40), ("PortalTest/Typed-v0", 60)],
+)
 def test_seeded_trajectory_is_bit_identical_to_in_process(server, env_id, steps):
     local = envs.make(env_id)
     remote = AgentSidePortal("custom", env_args=[env_id], **server.kwargs())
@@ -237,3 +240,26 @@ def test_agents_from_two_processes(server):
         for _ in range(2)
     ]
     assert [p.communicate(timeout=60)[0].strip() for p in procs] == ["done", "done"]
+
+
+def test_large_observations_travel_through_shared_memory_that_leaves_no_file(server):
+    import glob
+
+    before = set(glob.glob("/dev/shm/portal-env-*"))
+    env = AgentSidePortal("custom", ["ALE/Pong-v5"], **server.kwargs())
+    local = envs.make("ALE/Pong-v5")
+    assert env._client.layout.shm is not None  # 100 KB frames: shared memory engaged
+    assert set(glob.glob("/dev/shm/portal-env-*")) == before  # unlinked at once
+    assert_identical(run_trajectory(env, 5, 30), run_trajectory(local, 5, 30))
+    obs = env.step(0)[0]
+    obs2 = env.step(0)[0]
+    assert obs is not obs2 and obs.flags.writeable
+    obs[:] = 0  # the agent owns its copy: the next step does not change it
+    env.step(0)
+    assert not obs.any()
+    env.close()
+
+
+def test_small_observations_use_no_shared_memory(server):
+    with AgentSidePortal("custom", ["CartPole-v1"], **server.kwargs()) as env:
+        assert env._client.layout.shm is None

@@ -38,13 +38,16 @@ def test_is_a_vector_env_with_batched_spaces(server):
     vec.close()  # idempotent
 
 
-@pytest.mark.parametrize("env_id,steps", [("CartPole-v1", 250), ("PortalTest/Rich-v0", 30)])
+@pytest.mark.parametrize(
+    "env_id,steps",
+    [("CartPole-v1", 250), ("PortalTest/Rich-v0", 30), ("PortalTest/Typed-v0", 45)],
+)
 def test_trajectory_with_autoreset_matches_sync_vector_env(server, env_id, steps):
     remote = make_vec("custom", num_envs=3, env_args=[env_id], **server.kwargs())
     local = local_vec(env_id, 3)
     got, expected = vec_trajectory(remote, 7, steps), vec_trajectory(local, 7, steps)
     assert_identical(got, expected)
-    # CartPole episodes end within 250 random steps: the autoreset path was exercised.
+    # Episodes end within these step counts: the autoreset path was exercised.
     assert any(step[2].any() or step[3].any() for step in expected[1:])
     remote.close()
     local.close()
@@ -78,3 +81,11 @@ def test_render_call_and_attributes(server):
     vec.set_attr("label", "same")
     assert vec.get_attr("label") == ("same", "same")
     vec.close()
+
+
+def test_vector_of_atari_uses_shared_memory(server):
+    remote = make_vec("custom", num_envs=2, env_args=["ALE/Pong-v5"], **server.kwargs())
+    local = local_vec("ALE/Pong-v5", 2)
+    assert remote._client.layout.shm is not None
+    assert_identical(vec_trajectory(remote, 3, 20), vec_trajectory(local, 3, 20))
+    remote.close()

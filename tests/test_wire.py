@@ -77,7 +77,7 @@ def test_unauthenticated_peer_is_never_unpickled(server, tmp_path):
 
 def test_oversized_frame_closes_only_that_connection(server):
     channel = Channel.connect(Address.parse(server.address), server.token, 5)
-    channel.sock.sendall(struct.pack("<I", (1 << 30) + 1))
+    channel.sock.sendall(struct.pack("<IB", (1 << 30) + 1, wire.GENERAL))
     assert recv_all(channel.sock) == b""
     with AgentSidePortal("custom", ["CartPole-v1"], **server.kwargs()) as env:
         env.reset()
@@ -88,7 +88,7 @@ def test_oversized_frame_closes_only_that_connection(server):
 def test_malformed_frame_closes_only_that_connection(server):
     channel = Channel.connect(Address.parse(server.address), server.token, 5)
     garbage = b"\x03\x00\x00\x00\xc1\xc1\xc1" + bytes(9)
-    channel.sock.sendall(struct.pack("<I", len(garbage)) + garbage)
+    channel.sock.sendall(struct.pack("<IB", len(garbage), wire.GENERAL) + garbage)
     assert recv_all(channel.sock) == b""
     with AgentSidePortal("custom", ["CartPole-v1"], **server.kwargs()) as env:
         env.reset()
@@ -145,3 +145,12 @@ def test_address_parsing(text, expected):
 def test_bad_address_names_the_value(text):
     with pytest.raises(ValueError, match="bad address"):
         Address.parse(text)
+
+
+@pytest.mark.parametrize("kind,payload", [(wire.FAST_STEP, b"\x00" + bytes(8)), (9, b"x")])
+def test_fast_step_before_make_or_unknown_kind_closes_only_that_connection(server, kind, payload):
+    channel = Channel.connect(Address.parse(server.address), server.token, 5)
+    channel.sock.sendall(struct.pack("<IB", len(payload), kind) + payload)
+    assert recv_all(channel.sock) == b""
+    with AgentSidePortal("custom", ["CartPole-v1"], **server.kwargs()) as env:
+        env.reset()

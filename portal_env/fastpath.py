@@ -1,0 +1,246 @@
+"""A fixed binary layout for step messages, agreed from the env's spaces.
+
+Most steps move the same shapes every time: an action and an observation of
+the spaces' dtype and shape, a float reward, two bool flags and a small info
+dict. Both sides derive the same layout from the spaces they share, so such a
+step travels as raw bytes behind a 16-byte struct header, with no per-value
+dispatch. A value that does not fit exactly (another dtype, a numpy reward, an
+observation of another shape) sends that one message through the general
+codec instead, so exactness never depends on this module.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, List, Optional, Tuple
+
+import numpy as np
+from gymnasium import spaces as gs
+from gymnasium.vector.utils import batch_space
+
+from . import codec, sharedmem
+from .errors import ProtocolError
+
+_HEAD = struct.Struct("<BBBBxxxxd")  # reward kind, terminated, truncated, flags, reward
+_HAS_INFO, _OBS_SHARED = 1, 2  # flags
+_ALIGN = 16
+_INT64 = np.dtype(np.int64)
+_FLOAT, _INT, _NP_FLOAT64, _NP_FLOAT32 = range(4)  # how the reward was typed
+_REWARD_TYPES = {float: _FLOAT, int: _INT, np.float64: _NP_FLOAT64, np.float32: _NP_FLOAT32}
+_REWARD_MAKERS = (float, int, np.float64, np.float32)
+_FLAG_KINDS = {(bool, False): 0, (bool, True): 1, (np.bool_, False): 2, (np.bool_, True): 3}
+_FLAG_VALUES = (False, True, np.False_, np.True_)
+_ACTION_INT, _ACTION_SCALAR, _ACTION_ARRAY = b"\x00", b"\x01", b"\x02"
+Parts = Tuple[List[Any], int]
+
+
+def _padded(n: int) -> int:
+    return -(-n // _ALIGN) * _ALIGN
+
+
+class Slot:
+    """An array of one fixed dtype and shape."""
+
+    def __init__(self, dtype: np.dtype, shape: Tuple[int, ...]) -> None:
+        self.dtype = np.dtype(dtype)
+        self.shape = tuple(shape)
+        self.nbytes = int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+        self.count = self.nbytes // max(self.dtype.itemsize, 1)
+
+    def fits(self, value: Any) -> bool:
+        return type(value) is np.ndarray and value.dtype == self.dtype and value.shape == self.shape
+
+    @staticmethod
+    def raw(value: np.ndarray) -> memoryview:
+        return memoryview(np.ascontiguousarray(value).reshape(-1).view(np.uint8))
+
+    def share(self, value: np.ndarray, shm: Any) -> None:
+        np.frombuffer(shm, self.dtype, self.count).reshape(self.shape)[...] = value
+
+    def unshare(self, shm: Any) -> np.ndarray:
+        return np.frombuffer(shm, self.dtype, self.count).reshape(self.shape).copy()
+
+    def read(self, payload: Any, offset: int) -> np.ndarray:
+        if offset + self.nbytes > len(payload):
+            raise ProtocolError("step frame shorter than the layout agreed from the spaces")
+        return np.frombuffer(payload, self.dtype, self.count, offset).reshape(self.shape)
+
+
+def slot_for(space: Any) -> Optional[Slot]:
+    """The slot of a space whose values are plain arrays (or int64 scalars), else None."""
+    if isinstance(space, (gs.Box, gs.MultiBinary, gs.MultiDiscrete, gs.Discrete)):
+        if space.dtype is not None and not space.dtype.hasobject:
+            return Slot(space.dtype, space.shape)
+    return None
+
+
+class _Layout:
+    """What both layouts share: the info tail codec and the optional shared memory.
+
+    Attributes:
+        obs: The observation slot, or None when observations never take the fast path.
+        shm: A shared mapping the size of obs, once agent and server agreed on one.
+    """
+
+    obs: Optional[Slot]
+
+    def __init__(self) -> None:
+        self.shm: Any = None
+        self._encoder = codec.Encoder()
+        self._decoder = codec.Decoder()
+
+    def wants_shared_memory(self) -> bool:
+        return self.obs is not None and self.obs.nbytes >= sharedmem.MIN_BYTES
+
+    def _put_obs(self, obs: np.ndarray, parts: List[Any]) -> int:
+        """Place obs in shared memory or in parts; the flags that say where."""
+        if self.shm is not None:
+            self.obs.share(obs, self.shm)
+            return _OBS_SHARED
+        data = Slot.raw(obs)
+        parts += [data, bytes(_padded(data.nbytes) - data.nbytes)]
+        return 0
+
+    def _get_obs(self, payload: Any, flags: int) -> Tuple[np.ndarray, int]:
+        """The obs and the offset after it."""
+        if flags & _OBS_SHARED:
+            if self.shm is None:
+                raise ProtocolError("step reply in shared memory that was never agreed")
+            return self.obs.unshare(self.shm), _HEAD.size
+        return self.obs.read(payload, _HEAD.size), _HEAD.size + _padded(self.obs.nbytes)
+
+    def _pack_tail(self, parts: List[Any], size: int, tail: Any) -> int:
+        tail_parts, tail_size = self._encoder.encode(tail)
+        parts.extend(tail_parts)
+        return size + tail_size
+
+    def _read_tail(self, payload: Any, offset: int) -> Any:
+        return self._decoder.decode(memoryview(payload)[offset:])
+
+
+class EnvLayout(_Layout):
+    """Step layout of a single env: action → (obs, reward, terminated, truncated, info)."""
+
+    def __init__(self, observation_space: Any, action_space: Any) -> None:
+        super().__init__()
+        self.obs = slot_for(observation_space)
+        self.action = slot_for(action_space)
+
+    # -- requests ----------------------------------------------------------
+
+    def encode_action(self, action: Any) -> Optional[bytes]:
+        slot, kind = self.action, type(action)
+        if slot is None:
+            return None
+        if slot.shape == () and slot.dtype == _INT64:
+            if kind is int and -(2**63) <= action < 2**63:
+                return _ACTION_INT + int(action).to_bytes(8, "little", signed=True)
+            if kind is np.int64:
+                return _ACTION_SCALAR + action.tobytes()
+        if slot.fits(action):
+            return _ACTION_ARRAY + bytes(Slot.raw(action))
+        return None
+
+    def decode_action(self, payload: Any) -> Any:
+        slot = self.action
+        if slot is None or len(payload) < 1:
+            raise ProtocolError("fast step request for an env without a fast layout")
+        tag = bytes(payload[:1])
+        if tag == _ACTION_INT and len(payload) == 9:
+            return int.from_bytes(payload[1:9], "little", signed=True)
+        if tag == _ACTION_SCALAR and len(payload) == 1 + slot.nbytes:
+            return slot.read(payload, 1)[()]
+        if tag == _ACTION_ARRAY and len(payload) == 1 + slot.nbytes:
+            return slot.read(bytearray(payload[1:]), 0)  # own, aligned, writable memory
+        raise ProtocolError(f"malformed fast step request (tag {tag!r}, {len(payload)} bytes)")
+
+    # -- replies -----------------------------------------------------------
+
+    def encode_result(self, result: Any) -> Optional[Parts]:
+        if self.obs is None or type(result) is not tuple or len(result) != 5:
+            return None
+        obs, reward, terminated, truncated, info = result
+        reward_kind = _REWARD_TYPES.get(type(reward))
+        term = _FLAG_KINDS.get((type(terminated), terminated))
+        trunc = _FLAG_KINDS.get((type(truncated), truncated))
+        if reward_kind is None or term is None or trunc is None or not self.obs.fits(obs):
+            return None
+        if reward_kind == _INT and not -(2**53) <= reward <= 2**53:
+            return None  # beyond a double's exact integers
+        if type(info) is not dict:
+            return None
+        parts: List[Any] = [b""]
+        flags = self._put_obs(obs, parts) | (_HAS_INFO if info else 0)
+        parts[0] = _HEAD.pack(reward_kind, term, trunc, flags, reward)
+        size = sum(len(memoryview(p).cast("B")) for p in parts)
+        if info:
+            size = self._pack_tail(parts, size, info)
+        return parts, size
+
+    def decode_result(self, payload: Any) -> Tuple[Any, ...]:
+        if self.obs is None or len(payload) < _HEAD.size:
+            raise ProtocolError("fast step reply for an env without a fast layout")
+        reward_kind, term, trunc, flags, reward = _HEAD.unpack_from(payload)
+        if reward_kind > 3 or term > 3 or trunc > 3:
+            raise ProtocolError("malformed fast step reply header")
+        obs, end = self._get_obs(payload, flags)
+        info = self._read_tail(payload, end) if flags & _HAS_INFO else {}
+        reward = _REWARD_MAKERS[reward_kind](reward)
+        return obs, reward, _FLAG_VALUES[term], _FLAG_VALUES[trunc], info
+
+
+class VectorLayout(_Layout):
+    """Step layout of N envs: actions → (obs, rewards, terminations, truncations, infos)."""
+
+    def __init__(self, observation_space: Any, action_space: Any, num_envs: int) -> None:
+        super().__init__()
+        obs = slot_for(observation_space)
+        action = slot_for(action_space)
+        self.obs = slot_for(batch_space(observation_space, num_envs)) if obs else None
+        self.action = slot_for(batch_space(action_space, num_envs)) if action else None
+        self.rewards = Slot(np.float64, (num_envs,))
+        self.flags = Slot(np.bool_, (num_envs,))
+
+    def encode_action(self, actions: Any) -> Optional[bytes]:
+        if self.action is not None and self.action.fits(actions):
+            return _ACTION_ARRAY + bytes(Slot.raw(actions))
+        return None
+
+    def decode_action(self, payload: Any) -> Any:
+        if self.action is None or bytes(payload[:1]) != _ACTION_ARRAY:
+            raise ProtocolError("malformed fast step request for a vector env")
+        if len(payload) != 1 + self.action.nbytes:
+            raise ProtocolError(f"fast vector step request of {len(payload)} bytes")
+        return self.action.read(bytearray(payload[1:]), 0)
+
+    def encode_result(self, result: Any) -> Optional[Parts]:
+        obs, rewards, terminations, truncations, infos = result
+        if self.obs is None or not self.obs.fits(obs):
+            return None
+        if not (self.rewards.fits(rewards) and self.flags.fits(terminations)):
+            return None
+        if not self.flags.fits(truncations):
+            return None
+        parts: List[Any] = [b""]
+        flags = self._put_obs(obs, parts) | (_HAS_INFO if any(infos) else 0)
+        parts[0] = _HEAD.pack(0, 0, 0, flags, 0.0)
+        for value in (rewards, terminations, truncations):
+            data = Slot.raw(value)
+            parts += [data, bytes(_padded(data.nbytes) - data.nbytes)]
+        size = sum(len(memoryview(p).cast("B")) for p in parts)
+        if flags & _HAS_INFO:
+            size = self._pack_tail(parts, size, infos)
+        return parts, size
+
+    def decode_result(self, payload: Any) -> List[Any]:
+        if self.obs is None or len(payload) < _HEAD.size:
+            raise ProtocolError("fast vector step reply shorter than its header")
+        flags = _HEAD.unpack_from(payload)[3]
+        obs, offset = self._get_obs(payload, flags)
+        values: List[Any] = [obs]
+        for slot in (self.rewards, self.flags, self.flags):
+            values.append(slot.read(payload, offset))
+            offset += _padded(slot.nbytes)
+        n = self.rewards.shape[0]
+        values.append(self._read_tail(payload, offset) if flags & _HAS_INFO else [{}] * n)
+        return values
