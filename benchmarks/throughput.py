@@ -114,8 +114,10 @@ TARGETS = [
     Target("cp1/portal Unix", "cp1/in-process", 0.25),
     Target("pong/portal TCP", "pong/in-process", 0.90),
     Target("pong/portal Unix", "pong/in-process", 0.90),
-    Target("cp8/portal make_vec", "cp8/AsyncVectorEnv", 2.0),
-    Target("cp8/portal make_vec", "cp8/SyncVectorEnv", 0.7),
+    Target("cp8/make_vec TCP", "cp8/AsyncVectorEnv", 2.0),
+    Target("cp8/make_vec Unix", "cp8/AsyncVectorEnv", 2.0),
+    Target("cp8/make_vec TCP", "cp8/SyncVectorEnv", 0.7),
+    Target("cp8/make_vec Unix", "cp8/SyncVectorEnv", 0.7),
     Target("import/portal_env", "import/gymnasium", 1.5, at_least=False),
 ]
 
@@ -300,10 +302,10 @@ def measure_portal(row: Row, env_id: str, unix: bool, plan: Plan) -> None:
         measure_env(row, env, plan)
 
 
-def measure_make_vec(row: Row, num_envs: int, plan: Plan) -> None:
+def measure_make_vec(row: Row, num_envs: int, unix: bool, plan: Plan) -> None:
     from portal_env import make_vec
 
-    with portal_server(unix=False) as address:
+    with portal_server(unix) as address:
         vec = make_vec("custom", num_envs, env_args=[CARTPOLE], address=address, token=TOKEN)
         measure_env(row, vec, plan)
 
@@ -428,8 +430,12 @@ def measure_all(plan: Plan, quick: bool) -> List[Row]:
             lambda r: measure_gym_vector(r, "AsyncVectorEnv", VEC_ENVS, plan),
         ),
         (
-            Row("cp8", "portal make_vec", "env-steps/s"),
-            lambda r: measure_make_vec(r, VEC_ENVS, plan),
+            Row("cp8", "make_vec TCP", "env-steps/s"),
+            lambda r: measure_make_vec(r, VEC_ENVS, False, plan),
+        ),
+        (
+            Row("cp8", "make_vec Unix", "env-steps/s"),
+            lambda r: measure_make_vec(r, VEC_ENVS, True, plan),
         ),
     ]
     rows = [measure_guarded(row, fill) for row, fill in jobs]

@@ -41,9 +41,8 @@ class Client:
         agent_in_docker: bool,
         timeout: Optional[float],
     ) -> Client:
-        """Find the server for env_name (arguments, environment, defaults) and connect."""
-        where = config.agent_address(env_name, address, agent_in_docker)
-        secret = config.explicit_token(token) or config.find_token(where)
+        """Find the server for env_name (arguments, environment, registry, defaults); connect."""
+        where, secret = config.agent_endpoint(env_name, address, token, agent_in_docker)
         return cls(env_name, where, secret, timeout)
 
     def adopt_layout(self, layout: Any) -> None:

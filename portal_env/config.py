@@ -6,7 +6,7 @@ The supervisor hands a server its settings through these environment variables:
 - ``PORTAL_ENV_SOCKET``: a Unix socket path to bind instead of TCP.
 - ``PORTAL_ENV_TOKEN``: the token; or ``PORTAL_ENV_TOKEN_FILE``, a file holding it.
 - ``PORTAL_ENV_READY_FILE``: the server writes its bound address there once listening.
-- ``PORTAL_ENV_SPIN_US``: how long a receiver polls before blocking (both sides; default 100).
+- ``PORTAL_ENV_SPIN_US``: the longest a receiver polls before blocking (default 1000; 0: never).
 
 An agent reads ``PORTAL_ENV_ADDRESS`` and the same token variables. A server
 given no token generates one and records it in the user's private state
@@ -18,6 +18,8 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import stat
+import tempfile
 from pathlib import Path
 from typing import Mapping, Optional, Tuple
 
@@ -37,11 +39,11 @@ READY_FILE_VAR = "PORTAL_ENV_READY_FILE"
 ADDRESS_VAR = "PORTAL_ENV_ADDRESS"
 STATE_DIR_VAR = "PORTAL_ENV_STATE_DIR"
 SPIN_VAR = "PORTAL_ENV_SPIN_US"
-DEFAULT_SPIN_US = 100.0
+DEFAULT_SPIN_US = 1000.0
 
 
 def spin_us(env: Mapping[str, str] = os.environ) -> float:
-    """How long a receiver polls before it blocks (see wire.Channel._spin)."""
+    """The longest a receiver polls before it blocks (see wire.Channel._spin)."""
     raw = env.get(SPIN_VAR, "")
     try:
         return max(0.0, float(raw)) if raw else DEFAULT_SPIN_US
@@ -79,6 +81,23 @@ def cache_dir() -> Path:
 
         path = Path(platformdirs.user_cache_dir("portal-env", appauthor=False))
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
+def socket_dir() -> Optional[Path]:
+    """A short private directory for Unix sockets, or None if it cannot be trusted.
+
+    Not the state directory: socket paths are limited to ~100 bytes, and state
+    directories (or test temp dirs) can be longer than that.
+    """
+    path = Path(tempfile.gettempdir()) / f"portal-env-{os.getuid()}"
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+        info = path.lstat()
+    except OSError:
+        return None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        return None  # someone else made it: do not put our sockets there
     return path
 
 

@@ -46,3 +46,39 @@ class RemoteEnvError(PortalEnvError):
 
     def __reduce__(self):  # keep it picklable (SB3 subprocess envs pickle exceptions)
         return type(self), (self.remote_type, self.remote_message, self.remote_traceback)
+
+
+class CatalogError(PortalEnvError):
+    """An env name that is not known, or an env directory that lacks a required file."""
+
+
+class SpecError(PortalEnvError):
+    """A spec.yml that cannot be read or that a backend cannot use."""
+
+
+class LockError(PortalEnvError):
+    """A spec that cannot be locked, or a lockfile that no longer matches its spec."""
+
+
+class BuildError(PortalEnvError):
+    """A runtime (venv, conda prefix, image) that could not be built."""
+
+
+class BackendUnavailableError(PortalEnvError):
+    """A backend that is unknown, or not available in this version or on this machine."""
+
+
+class RegistryError(PortalEnvError):
+    """The registry of running portals cannot be read or changed as asked."""
+
+
+class AlreadyRunningError(RegistryError):
+    """A portal of that name is already running."""
+
+
+class ServerStartError(PortalEnvError):
+    """A portal server exited or failed its health check before it was ready."""
+
+
+class SupervisorError(PortalEnvError):
+    """The supervisor gave up on a server (it kept dying) or could not stop it."""

@@ -24,6 +24,8 @@ from .errors import ProtocolError
 _HEAD = struct.Struct("<BBBBxxxxd")  # reward kind, terminated, truncated, flags, reward
 _HAS_INFO, _OBS_SHARED = 1, 2  # flags
 _ALIGN = 16
+_ZEROS = bytes(_ALIGN)
+_SMALL = 4096
 _INT64 = np.dtype(np.int64)
 _FLOAT, _INT, _NP_FLOAT64, _NP_FLOAT32 = range(4)  # how the reward was typed
 _REWARD_TYPES = {float: _FLOAT, int: _INT, np.float64: _NP_FLOAT64, np.float32: _NP_FLOAT32}
@@ -50,8 +52,17 @@ class Slot:
     def fits(self, value: Any) -> bool:
         return type(value) is np.ndarray and value.dtype == self.dtype and value.shape == self.shape
 
+    @property
+    def padded(self) -> int:
+        return _padded(self.nbytes)
+
+    def pad(self) -> bytes:
+        return _ZEROS[: self.padded - self.nbytes]
+
     @staticmethod
-    def raw(value: np.ndarray) -> memoryview:
+    def raw(value: np.ndarray) -> Any:
+        if value.nbytes <= _SMALL:  # a copy is cheaper than exporting a buffer
+            return value.tobytes()
         return memoryview(np.ascontiguousarray(value).reshape(-1).view(np.uint8))
 
     def share(self, value: np.ndarray, shm: Any) -> None:
@@ -92,14 +103,13 @@ class _Layout:
     def wants_shared_memory(self) -> bool:
         return self.obs is not None and self.obs.nbytes >= sharedmem.MIN_BYTES
 
-    def _put_obs(self, obs: np.ndarray, parts: List[Any]) -> int:
-        """Place obs in shared memory or in parts; the flags that say where."""
+    def _put_obs(self, obs: np.ndarray, parts: List[Any]) -> Tuple[int, int]:
+        """Place obs in shared memory or in parts; (flags that say where, bytes added)."""
         if self.shm is not None:
             self.obs.share(obs, self.shm)
-            return _OBS_SHARED
-        data = Slot.raw(obs)
-        parts += [data, bytes(_padded(data.nbytes) - data.nbytes)]
-        return 0
+            return _OBS_SHARED, 0
+        parts += [Slot.raw(obs), self.obs.pad()]
+        return 0, self.obs.padded
 
     def _get_obs(self, payload: Any, flags: int) -> Tuple[np.ndarray, int]:
         """The obs and the offset after it."""
@@ -107,7 +117,7 @@ class _Layout:
             if self.shm is None:
                 raise ProtocolError("step reply in shared memory that was never agreed")
             return self.obs.unshare(self.shm), _HEAD.size
-        return self.obs.read(payload, _HEAD.size), _HEAD.size + _padded(self.obs.nbytes)
+        return self.obs.read(payload, _HEAD.size), _HEAD.size + self.obs.padded
 
     def _pack_tail(self, parts: List[Any], size: int, tail: Any) -> int:
         tail_parts, tail_size = self._encoder.encode(tail)
@@ -170,9 +180,10 @@ class EnvLayout(_Layout):
         if type(info) is not dict:
             return None
         parts: List[Any] = [b""]
-        flags = self._put_obs(obs, parts) | (_HAS_INFO if info else 0)
+        flags, size = self._put_obs(obs, parts)
+        flags |= _HAS_INFO if info else 0
         parts[0] = _HEAD.pack(reward_kind, term, trunc, flags, reward)
-        size = sum(len(memoryview(p).cast("B")) for p in parts)
+        size += _HEAD.size
         if info:
             size = self._pack_tail(parts, size, info)
         return parts, size
@@ -222,12 +233,13 @@ class VectorLayout(_Layout):
         if not self.flags.fits(truncations):
             return None
         parts: List[Any] = [b""]
-        flags = self._put_obs(obs, parts) | (_HAS_INFO if any(infos) else 0)
+        flags, size = self._put_obs(obs, parts)
+        flags |= _HAS_INFO if any(infos) else 0
         parts[0] = _HEAD.pack(0, 0, 0, flags, 0.0)
-        for value in (rewards, terminations, truncations):
-            data = Slot.raw(value)
-            parts += [data, bytes(_padded(data.nbytes) - data.nbytes)]
-        size = sum(len(memoryview(p).cast("B")) for p in parts)
+        for value, slot in ((rewards, self.rewards), (terminations, self.flags)):
+            parts += [Slot.raw(value), slot.pad()]
+        parts += [Slot.raw(truncations), self.flags.pad()]
+        size += _HEAD.size + self.rewards.padded + 2 * self.flags.padded
         if flags & _HAS_INFO:
             size = self._pack_tail(parts, size, infos)
         return parts, size
@@ -240,7 +252,7 @@ class VectorLayout(_Layout):
         values: List[Any] = [obs]
         for slot in (self.rewards, self.flags, self.flags):
             values.append(slot.read(payload, offset))
-            offset += _padded(slot.nbytes)
+            offset += slot.padded
         n = self.rewards.shape[0]
         values.append(self._read_tail(payload, offset) if flags & _HAS_INFO else [{}] * n)
         return values

@@ -91,6 +91,12 @@ class PortalVectorEnv(gymnasium.vector.VectorEnv):
     def close_extras(self, **kwargs: Any) -> None:
         self._client.close()
 
+    def __enter__(self) -> PortalVectorEnv:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
 
 def make_vec(
     env_name: str,

@@ -117,6 +117,9 @@ def set_timeout(sock: socket.socket, seconds: Optional[float]) -> None:
         sock.settimeout(seconds)
 
 
+_yield = getattr(os, "sched_yield", lambda: None)
+
+
 def _digest(token: str, nonce: bytes) -> bytes:
     return hmac.new(token.encode(), b"portal-env-auth" + nonce, hashlib.sha256).digest()
 
@@ -130,6 +133,7 @@ class Channel:
         self.sock = sock
         self.max_frame = max_frame
         self.spin_ns = int(spin_us * 1000)
+        self._wait_ns = 0  # running average of how long a frame took to start arriving
         self._encoder = codec.Encoder()
         self._decoder = codec.Decoder()
         self._buf = bytearray(_READ_CHUNK)
@@ -245,24 +249,28 @@ class Channel:
         leftover = self._hi - self._lo
         self._buf[:leftover] = self._view[self._lo : self._hi]
         self._lo, self._hi = 0, leftover
-        if self.spin_ns and self._spin():
-            return
-        while self._hi < _HEADER.size:
-            self._hi += self._recv_into(self._view[self._hi :])
+        start = time.perf_counter_ns()
+        if not (self.spin_ns and self._wait_ns < self.spin_ns and self._spin(start)):
+            while self._hi < _HEADER.size:
+                self._hi += self._recv_into(self._view[self._hi :])
+        self._wait_ns = (3 * self._wait_ns + time.perf_counter_ns() - start) // 4
 
-    def _spin(self) -> bool:
-        """Poll for a frame header for up to spin_ns before blocking.
+    def _spin(self, start: int) -> bool:
+        """Poll for a frame header for a while before blocking; True if one came.
 
         On virtual machines a blocked process costs tens of microseconds to wake
-        (and runs cold afterwards); a reply that comes within the spin window
-        avoids that entirely. Bounded, so an idle peer costs little CPU.
+        (and then runs cold); a frame that arrives while we poll avoids both.
+        Adaptive: we poll only while frames usually come within spin_ns, and for
+        about twice the usual wait, so a slow peer (a long env step, an agent
+        thinking) costs no spinning at all.
         """
-        deadline = time.perf_counter_ns() + self.spin_ns
+        deadline = start + min(self.spin_ns, 2 * self._wait_ns + 50_000)
         view, sock = self._view, self.sock
         while time.perf_counter_ns() < deadline:
             try:
                 k = sock.recv_into(view[self._hi :], 0, socket.MSG_DONTWAIT)
             except BlockingIOError:
+                _yield()  # never starve the peer we wait for when cores are busy
                 continue
             except OSError as exc:
                 raise PortalConnectionError(f"connection lost: {exc}") from exc

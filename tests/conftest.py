@@ -70,3 +70,79 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
 def private_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep tokens and registry records of a test out of the user's real state dir."""
     monkeypatch.setenv("PORTAL_ENV_STATE_DIR", str(tmp_path / "state"))
+
+
+# -- portals run by the supervisor/CLI (issue 3) ------------------------------
+
+EXAMPLE_ENV = ROOT / "examples" / "cartpole_env"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One runtime cache per test session: the example venv is built once and reused."""
+    path = tmp_path_factory.mktemp("portal-env-cache")
+    previous = os.environ.get("PORTAL_ENV_CACHE_DIR")
+    os.environ["PORTAL_ENV_CACHE_DIR"] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop("PORTAL_ENV_CACHE_DIR", None)
+    else:
+        os.environ["PORTAL_ENV_CACHE_DIR"] = previous
+
+
+@pytest.fixture
+def cartpole_dir(tmp_path: Path) -> Path:
+    """A private copy of examples/cartpole_env (env_main.py, spec.yml, its lockfile)."""
+    import shutil
+
+    target = tmp_path / "cartpole_env"
+    shutil.copytree(EXAMPLE_ENV, target)
+    return target
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether pid is a running (not zombie) process."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
+
+
+def wait_gone(pid: int, seconds: float = 10.0) -> bool:
+    """Wait until pid is gone; whether it went."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            return True
+        time.sleep(0.05)
+    return not pid_alive(pid)
+
+
+def _kill(pid: int, group: bool) -> None:
+    import signal
+
+    try:
+        (os.killpg if group else os.kill)(pid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+@pytest.fixture
+def reap_portals() -> Iterator[None]:
+    """After the test, kill every supervisor and server the test's registry still lists."""
+    import json
+
+    yield
+    from portal_env import registry
+
+    for path in registry.portals_dir().glob("*.json"):
+        record = json.loads(path.read_text())
+        if record.get("supervisor_pid") not in (None, os.getpid()):
+            _kill(record["supervisor_pid"], group=False)
+        if record.get("server_pid"):
+            _kill(record["server_pid"], group=True)

@@ -113,3 +113,24 @@ def test_agent_address_resolution(monkeypatch):
     assert str(config.agent_address("ale", "10.1.2.3:9", True)) == "10.1.2.3:9"
     monkeypatch.setenv("PORTAL_ENV_ADDRESS", "unix:/tmp/s")
     assert str(config.agent_address("ale", None, False)) == "unix:/tmp/s"
+
+
+def test_spin_can_be_turned_off_on_both_sides(tmp_path, monkeypatch):
+    from tests.conftest import start_server
+    from tests.test_agent import assert_identical, run_trajectory
+
+    monkeypatch.setenv("PORTAL_ENV_SPIN_US", "0")
+    handle = start_server(tmp_path, {"PORTAL_ENV_SPIN_US": "0"})
+    try:
+        with AgentSidePortal("custom", ["CartPole-v1"], **handle.kwargs()) as env:
+            assert env._client._channel.spin_ns == 0
+            local = gymnasium.make("CartPole-v1")
+            assert_identical(run_trajectory(env, 3, 100), run_trajectory(local, 3, 100))
+    finally:
+        handle.stop()
+
+
+def test_bad_spin_setting_names_the_variable(monkeypatch):
+    monkeypatch.setenv("PORTAL_ENV_SPIN_US", "fast")
+    with pytest.raises(PortalEnvError, match="PORTAL_ENV_SPIN_US='fast'"):
+        config.spin_us()

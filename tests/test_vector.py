@@ -36,6 +36,9 @@ def test_is_a_vector_env_with_batched_spaces(server):
     assert vec.metadata["autoreset_mode"] == gymnasium.vector.AutoresetMode.NEXT_STEP
     vec.close()
     vec.close()  # idempotent
+    with make_vec("custom", 2, ["CartPole-v1"], **server.kwargs()) as other:
+        other.reset(seed=0)
+    assert other.closed
 
 
 @pytest.mark.parametrize(

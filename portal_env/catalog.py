@@ -1,0 +1,137 @@
+"""Where an env's files are: a built-in env shipped in the package, or a custom directory.
+
+A built-in env `NAME` is `builtin/envs/NAME/env_main.py` with its spec at
+`builtin/specs/NAME.yml` and its locks in `builtin/lockfiles/`. A custom env is
+a directory given with `-p PATH` that holds `env_main.py` and, depending on the
+backend, `spec.yml` and/or `Dockerfile.env`, plus an optional `env_setup.py`;
+its locks live beside its spec.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Union
+
+from .errors import CatalogError
+
+BUILTIN_ROOT = Path(__file__).resolve().parent / "builtin"
+ENV_MAIN = "env_main.py"
+SPEC = "spec.yml"
+DOCKERFILE = "Dockerfile.env"
+SETUP_SCRIPT = "env_setup.py"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class EnvSource:
+    """The files that define one env.
+
+    Attributes:
+        name: The env's name (for a custom env, the portal name it was given).
+        env_dir: Directory holding env_main.py; the server runs with it as cwd.
+        spec: The conda-style spec.yml, if there is one.
+        dockerfile: Dockerfile.env, if there is one.
+        setup_script: env_setup.py, run once in a new runtime, if there is one.
+        lock_dir: Where this env's lockfiles are kept.
+        lock_stem: File-name stem of its lockfiles (`<lock_stem>.venv.lock.txt`).
+        builtin: Whether it ships with portal-env.
+    """
+
+    name: str
+    env_dir: Path
+    spec: Optional[Path]
+    dockerfile: Optional[Path]
+    setup_script: Optional[Path]
+    lock_dir: Path
+    lock_stem: str
+    builtin: bool
+
+    @property
+    def main(self) -> Path:
+        """The server script, env_main.py."""
+        return self.env_dir / ENV_MAIN
+
+    def require_spec(self, backend: str) -> Path:
+        """The spec.yml, or an error saying the backend needs one."""
+        if self.spec is None:
+            raise CatalogError(
+                f"{self.env_dir} has no {SPEC}, which the {backend} backend needs "
+                f"(found: {_listing(self.env_dir)}). Add a {SPEC} (a conda environment file "
+                "with a pip: section)."
+            )
+        return self.spec
+
+
+def check_name(name: str) -> str:
+    """The name unchanged if it is usable as a portal/env name, else a clear error."""
+    if not _NAME.match(name):
+        raise CatalogError(
+            f"bad env name {name!r}: use letters, digits, '.', '_' or '-' "
+            "(up to 64, starting with a letter or digit)"
+        )
+    return name
+
+
+def builtin_names() -> List[str]:
+    """Names of the built-in envs shipped in this version."""
+    root = BUILTIN_ROOT / "envs"
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / ENV_MAIN).is_file())
+
+
+def find(name: str, path: Union[str, Path, None] = None) -> EnvSource:
+    """The files of env `name`: the custom directory `path`, else the built-in env."""
+    check_name(name)
+    if path is not None:
+        return _custom(name, Path(path))
+    return _builtin(name)
+
+
+def _custom(name: str, path: Path) -> EnvSource:
+    env_dir = path.expanduser().resolve()
+    if not env_dir.is_dir():
+        raise CatalogError(f"env directory {path} does not exist (or is not a directory)")
+    if not (env_dir / ENV_MAIN).is_file():
+        raise CatalogError(
+            f"{path} has no {ENV_MAIN} (found: {_listing(env_dir)}). "
+            f"A custom env dir needs {ENV_MAIN} plus {SPEC} and/or {DOCKERFILE}."
+        )
+    return EnvSource(
+        name=name,
+        env_dir=env_dir,
+        spec=_optional(env_dir / SPEC),
+        dockerfile=_optional(env_dir / DOCKERFILE),
+        setup_script=_optional(env_dir / SETUP_SCRIPT),
+        lock_dir=env_dir,
+        lock_stem="spec",
+        builtin=False,
+    )
+
+
+def _builtin(name: str) -> EnvSource:
+    env_dir = BUILTIN_ROOT / "envs" / name
+    if not (env_dir / ENV_MAIN).is_file():
+        known = ", ".join(builtin_names()) or "none in this version"
+        raise CatalogError(f"Unknown env {name!r}; known: {known}. Use -p PATH for a custom env.")
+    return EnvSource(
+        name=name,
+        env_dir=env_dir,
+        spec=_optional(BUILTIN_ROOT / "specs" / f"{name}.yml"),
+        dockerfile=_optional(env_dir / DOCKERFILE),
+        setup_script=_optional(env_dir / SETUP_SCRIPT),
+        lock_dir=BUILTIN_ROOT / "lockfiles",
+        lock_stem=name,
+        builtin=True,
+    )
+
+
+def _optional(path: Path) -> Optional[Path]:
+    return path if path.is_file() else None
+
+
+def _listing(directory: Path) -> str:
+    names = sorted(p.name for p in directory.iterdir())
+    return ", ".join(names) if names else "nothing, it is empty"

@@ -1,0 +1,202 @@
+"""Spec -> lockfile, and the hashes that tie a lockfile to its spec.
+
+A spec is a conda environment file (`channels`, `dependencies`, a `pip:`
+list). The venv backend locks its Python version and pip section with
+`uv pip compile --generate-hashes` into a requirements file whose header
+records the spec's content hash, so a changed spec is noticed rather than
+silently served from an old lock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from .catalog import EnvSource
+from .errors import LockError, SpecError
+
+logger = logging.getLogger(__name__)
+
+VENV_LOCK_SUFFIX = ".venv.lock.txt"
+SERVING_DEPS = ("numpy", "gymnasium", "msgpack")  # what portal_env itself needs to serve
+_SPEC_HASH = "# portal-env-spec-sha256: "
+_PYTHON = "# portal-env-python: "
+_CONDA_ONLY = {"pip", "python"}
+_PYTHON_DEP = re.compile(r"^python\s*(?:==?|\s)?\s*(\d+\.\d+)(?:\.[\d*]+)*\s*$")
+_REQ_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+
+
+@dataclass(frozen=True)
+class VenvSpec:
+    """What the venv backend takes from a spec.
+
+    Attributes:
+        python: Major.minor Python version, e.g. "3.11".
+        pip: The pip requirements, in spec order.
+        ignored: Conda dependencies a venv cannot install (reported, not used).
+    """
+
+    python: str
+    pip: List[str] = field(default_factory=list)
+    ignored: List[str] = field(default_factory=list)
+
+
+def file_hash(path: Path) -> str:
+    """sha256 hex digest of a file's bytes."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def read_spec(path: Path) -> VenvSpec:
+    """Parse a spec.yml into what a venv needs; errors name the file and the bad entry."""
+    data = _load_yaml(path)
+    deps = data.get("dependencies") or []
+    if not isinstance(deps, list):
+        raise SpecError(f"{path}: 'dependencies' must be a list, got {deps!r:.80}")
+    python, pip, ignored = None, [], []
+    for dep in deps:
+        if isinstance(dep, dict) and set(dep) == {"pip"} and isinstance(dep["pip"], list):
+            pip.extend(str(item) for item in dep["pip"])
+        elif isinstance(dep, str) and dep.strip().startswith("python"):
+            python = _python_version(path, dep)
+        elif isinstance(dep, str):
+            match = _REQ_NAME.match(dep)
+            if match and match.group(1) not in _CONDA_ONLY:
+                ignored.append(dep)
+        else:
+            raise SpecError(f"{path}: cannot read dependency {dep!r:.80} (a string or pip: list)")
+    version = python or f"{sys.version_info[0]}.{sys.version_info[1]}"
+    return VenvSpec(python=version, pip=pip, ignored=ignored)
+
+
+def _load_yaml(path: Path) -> Dict:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise SpecError(f"cannot read the spec {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise SpecError(f"{path} is not a conda environment file (expected a mapping)")
+    return data
+
+
+def _python_version(path: Path, dep: str) -> str:
+    if dep.strip() == "python":
+        return f"{sys.version_info[0]}.{sys.version_info[1]}"
+    match = _PYTHON_DEP.match(dep.strip())
+    if not match:
+        raise SpecError(
+            f"{path}: the venv backend needs an exact Python version like 'python=3.11', "
+            f"got {dep!r}"
+        )
+    return match.group(1)
+
+
+def lock_input(spec: VenvSpec) -> List[str]:
+    """The requirements to lock: the spec's pip list plus portal-env's serving deps."""
+    listed = {_normalize(m.group(1)) for m in map(_REQ_NAME.match, spec.pip) if m}
+    extra = [dep for dep in SERVING_DEPS if dep not in listed]
+    return list(spec.pip) + extra
+
+
+def _normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def venv_lock_path(source: EnvSource) -> Path:
+    """Where the venv lockfile of source lives."""
+    return source.lock_dir / f"{source.lock_stem}{VENV_LOCK_SUFFIX}"
+
+
+def lock_command(source: EnvSource) -> str:
+    """The CLI command that (re)locks source for the venv backend."""
+    parts = ["portal-env", "lock", source.name]
+    if not source.builtin:
+        parts += ["-p", str(source.env_dir)]
+    return shlex.join(parts + ["-b", "venv"])
+
+
+def read_header(lock_path: Path) -> Dict[str, str]:
+    """The spec hash and Python version a venv lockfile records ({} if none)."""
+    header = {}
+    with open(lock_path) as f:
+        for line in f:
+            if not line.startswith("#"):
+                break
+            if line.startswith(_SPEC_HASH):
+                header["spec_sha256"] = line[len(_SPEC_HASH) :].strip()
+            elif line.startswith(_PYTHON):
+                header["python"] = line[len(_PYTHON) :].strip()
+    return header
+
+
+def venv_lock_status(source: EnvSource, spec_path: Path) -> str:
+    """'missing', 'current', or 'stale' (the spec changed since it was locked)."""
+    lock_path = venv_lock_path(source)
+    if not lock_path.is_file():
+        return "missing"
+    recorded = read_header(lock_path).get("spec_sha256")
+    return "current" if recorded == file_hash(spec_path) else "stale"
+
+
+def check_venv_lock(source: EnvSource, spec_path: Path) -> Path:
+    """The lockfile, if it matches the spec; a clear error if the spec changed since."""
+    lock_path = venv_lock_path(source)
+    if venv_lock_status(source, spec_path) == "stale":
+        raise LockError(
+            f"{lock_path} was made from an older version of {spec_path} (the spec's hash "
+            f"changed). Re-lock it: {lock_command(source)}"
+        )
+    return lock_path
+
+
+def write_venv_lock(source: EnvSource, uv_bin: str) -> Path:
+    """Lock source's spec with uv (hashes included) and write the lockfile atomically."""
+    spec_path = source.require_spec("venv")
+    spec = read_spec(spec_path)
+    for dep in spec.ignored:
+        logger.warning(
+            "%s: the venv backend installs only pip packages; ignoring %r", spec_path, dep
+        )
+    command = [uv_bin, "pip", "compile", "-", "--quiet", "--generate-hashes"]
+    recipe = lock_command(source) if source.builtin else "portal-env lock NAME -p ENV_DIR -b venv"
+    command += ["--python-version", spec.python, "--custom-compile-command", recipe]
+    logger.debug("running %s (cwd %s)", shlex.join(command), source.env_dir)
+    done = subprocess.run(
+        command,
+        input="\n".join(lock_input(spec)) + "\n",
+        capture_output=True,
+        text=True,
+        cwd=source.env_dir,
+    )
+    if done.returncode != 0:
+        raise LockError(
+            f"cannot lock {spec_path} for the venv backend (uv pip compile failed):\n"
+            f"{done.stderr.strip()}\nFix the pip: section of {spec_path} and try again."
+        )
+    header = f"{_SPEC_HASH}{file_hash(spec_path)}\n{_PYTHON}{spec.python}\n"
+    return _write_atomic(venv_lock_path(source), header + done.stdout)
+
+
+def _write_atomic(path: Path, text: str) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise LockError(f"cannot write the lockfile {path}: {exc}") from exc
+    return path
+
+
+def locked_python(lock_path: Path) -> Optional[str]:
+    """The Python version a venv lockfile was made for, if it records one."""
+    return read_header(lock_path).get("python")

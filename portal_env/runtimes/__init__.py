@@ -1,0 +1,60 @@
+"""Backends by name: each one builds runtimes of one kind and launches servers in them.
+
+Backend modules are imported only when selected, so `import portal_env` never
+pulls in a build tool.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Dict, List
+
+from ..errors import BackendUnavailableError
+from .base import Backend, LogReporter, ProcessHandle, Reporter, Runtime, ServerHandle
+
+AVAILABLE: Dict[str, str] = {
+    "venv": "portal_env.runtimes.venv:VenvBackend",
+    "micromamba": "portal_env.runtimes.micromamba:MicromambaBackend",
+}
+PLANNED = ("docker",)  # named in the CLI contract; it comes in a later version
+ALIASES = {"mm": "micromamba"}
+
+__all__ = [
+    "Backend",
+    "LogReporter",
+    "ProcessHandle",
+    "Reporter",
+    "Runtime",
+    "ServerHandle",
+    "canonical",
+    "choices",
+    "get",
+]
+
+
+def choices() -> List[str]:
+    """Every backend name the CLI accepts, aliases included."""
+    return sorted(set(AVAILABLE) | set(PLANNED) | set(ALIASES))
+
+
+def canonical(name: str) -> str:
+    """The backend's own name for name or an alias ('mm' -> 'micromamba')."""
+    name = ALIASES.get(name, name)
+    if name not in AVAILABLE and name not in PLANNED:
+        raise BackendUnavailableError(
+            f"unknown backend {name!r}; choose one of: {', '.join(choices())}"
+        )
+    return name
+
+
+def get(name: str) -> Backend:
+    """The backend called name (or an alias); a clear error if it is not available yet."""
+    name = canonical(name)
+    if name not in AVAILABLE:
+        ready = ", ".join(sorted(AVAILABLE))
+        raise BackendUnavailableError(
+            f"the {name} backend is not available yet in this version; available: {ready}. "
+            "Use -b venv for an env whose spec.yml has a pip: section."
+        )
+    module, _, attr = AVAILABLE[name].partition(":")
+    return getattr(importlib.import_module(module), attr)()

@@ -1,0 +1,184 @@
+"""The interface every backend implements, and the handle of a launched local server.
+
+A backend turns an env's files into a runtime (`ensure`), then a runtime
+launches servers (`launch`) and returns a `ServerHandle`. The supervisor only
+ever talks to these three small interfaces, so a container backend fits by
+returning a handle that polls and stops a container instead of a process.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO, List, Mapping, Optional, Protocol, Sequence, runtime_checkable
+
+from ..catalog import EnvSource
+
+logger = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+class Reporter(Protocol):
+    """Where a backend reports progress: a transient status and lasting notes."""
+
+    def status(self, message: str) -> None:
+        """Show what is happening now (replaced by the next status)."""
+
+    def note(self, message: str) -> None:
+        """Tell the user something worth keeping (e.g. a lockfile was written)."""
+
+
+class LogReporter:
+    """A Reporter that logs (the library default; the CLI shows a spinner instead)."""
+
+    def status(self, message: str) -> None:
+        logger.info("%s", message)
+
+    def note(self, message: str) -> None:
+        logger.warning("%s", message)
+
+
+@runtime_checkable
+class ServerHandle(Protocol):
+    """A launched server: a local process, or later a container."""
+
+    @property
+    def pid(self) -> Optional[int]:
+        """Local process id, if the server is a local process."""
+
+    @property
+    def ident(self) -> str:
+        """A human-readable id: 'pid 1234', or a container id."""
+
+    def poll(self) -> Optional[int]:
+        """The exit code if the server has exited, else None."""
+
+    def stop(self, grace: float) -> Optional[int]:
+        """Ask the server to stop, kill it after grace seconds; returns its exit code."""
+
+
+@runtime_checkable
+class Runtime(Protocol):
+    """A built runtime (venv, conda prefix, image) that can launch servers."""
+
+    backend: str
+    location: str
+    # The server shares this host's filesystem, so it can listen on a private
+    # Unix socket (faster than TCP loopback); a container cannot.
+    local: bool
+
+    def launch(self, env: Mapping[str, str], log: IO[bytes]) -> ServerHandle:
+        """Start env_main.py in the runtime with extra environment variables env.
+
+        The server's stdout and stderr go to log.
+        """
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Builds runtimes of one kind from an env's files."""
+
+    name: str
+
+    def lock(self, source: EnvSource, reporter: Reporter) -> Path:
+        """(Re)write the lockfile of source's spec; returns its path."""
+
+    def ensure(self, source: EnvSource, *, force: bool, reporter: Reporter) -> Runtime:
+        """The runtime for source, built (or rebuilt, with force) only if needed."""
+
+    def remove(self, source: EnvSource) -> List[Path]:
+        """Delete source's cached runtime; returns what was removed."""
+
+
+class ProcessHandle:
+    """A server running as a local process in its own session (process group).
+
+    On Linux the kernel sends it SIGKILL if the supervisor dies (PR_SET_PDEATHSIG),
+    so no server outlives a supervisor killed with SIGKILL. macOS has no such
+    call: there a server of a SIGKILLed supervisor keeps running until stopped.
+    """
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
+        self._stopped = False
+
+    @classmethod
+    def spawn(
+        cls, command: Sequence[str], env: Mapping[str, str], cwd: Path, log: IO[bytes]
+    ) -> ProcessHandle:
+        """Start command in a new session with output to log."""
+        logger.debug("launching %s (cwd %s)", shlex.join(command), cwd)
+        proc = subprocess.Popen(
+            list(command),
+            env=dict(env),
+            cwd=str(cwd),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent(os.getpid()) if sys.platform == "linux" else None,
+        )
+        return cls(proc)
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self.proc.pid
+
+    @property
+    def ident(self) -> str:
+        return f"pid {self.proc.pid}"
+
+    def poll(self) -> Optional[int]:
+        return self.proc.poll()
+
+    def stop(self, grace: float) -> Optional[int]:
+        """SIGTERM to the process group, SIGKILL after grace seconds; idempotent."""
+        if self._stopped:
+            return self.proc.wait()
+        self._stopped = True
+        if self.proc.poll() is None:
+            _signal_group(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                logger.warning("server %s ignored SIGTERM for %.0fs; killing it", self.ident, grace)
+        _signal_group(self.proc.pid, signal.SIGKILL)  # stragglers the server left behind
+        return self.proc.wait()
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _die_with_parent(parent: int):
+    """A preexec_fn: the child gets SIGKILL when its parent dies (Linux prctl)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def preexec() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
+def wait_exit(handle: ServerHandle, seconds: float) -> Optional[int]:
+    """Poll handle for up to seconds; its exit code, or None if it still runs."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        code = handle.poll()
+        if code is not None:
+            return code
+        time.sleep(0.05)
+    return handle.poll()

@@ -1,0 +1,145 @@
+"""A local `file://` conda channel of real packages, made at test time (no conda-forge here).
+
+- `python`: symlinks to this machine's interpreter plus a `pyvenv.cfg` at the
+  prefix root, which makes the prefix's `bin/python` an isolated interpreter
+  whose `sys.prefix` is the prefix (the way a venv works).
+- noarch python packages repackaged from real pure-Python wheels
+  (`cloudpickle`, `typing-extensions`, `farama-notifications`).
+- `portal-test-activate`: a noarch generic package whose only file is an
+  `etc/conda/activate.d` script, to check that activation variables reach the server.
+
+Indexed with py-rattler's `index_fs`. Used by tests/test_conda.py and
+benchmarks/conda_runtime.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+from typing import Dict, List, Tuple, Union
+
+WHEELS = ("cloudpickle==3.1.1", "typing-extensions==4.12.2", "farama-notifications==0.0.4")
+TIMESTAMP = 1_700_000_000_000  # ms; fixed, so the channel (and every lock of it) is stable
+ACTIVATE_VAR = "PORTAL_TEST_ACTIVATED"
+
+File = Union[bytes, Tuple[str, str]]  # contents, or ("symlink", target)
+
+
+def subdir() -> str:
+    """This machine's conda platform, e.g. linux-64."""
+    import rattler
+
+    return str(rattler.Subdir.current())
+
+
+def build_channel(root: Path) -> Path:
+    """Make (once) and index the channel under root; returns the channel directory."""
+    channel = root / "channel"
+    if (channel / "noarch" / "repodata.json").is_file():
+        return channel
+    wheels = root / "wheels"
+    _download_wheels(wheels)
+    platform = subdir()
+    for name in (platform, "noarch"):
+        (channel / name).mkdir(parents=True, exist_ok=True)
+    _write_python(channel / platform, platform)
+    for wheel in sorted(wheels.glob("*.whl")):
+        _write_noarch_from_wheel(channel / "noarch", wheel)
+    _write_activate_package(channel / "noarch")
+    import asyncio
+
+    import rattler.index
+
+    asyncio.run(rattler.index.index_fs(channel))
+    return channel
+
+
+def _download_wheels(target: Path) -> None:
+    if target.is_dir() and len(list(target.glob("*.whl"))) == len(WHEELS):
+        return
+    command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps"]
+    command += ["--only-binary=:all:", "-d", str(target), *WHEELS]
+    subprocess.run(command, check=True, capture_output=True)
+
+
+def _write_python(target: Path, platform: str) -> None:
+    version = "{}.{}.{}".format(*sys.version_info[:3])
+    short = "{}.{}".format(*sys.version_info[:2])
+    host = Path(sys.executable).resolve()
+    files: Dict[str, File] = {
+        f"bin/python{short}": ("symlink", str(host)),
+        "bin/python3": ("symlink", f"python{short}"),
+        "bin/python": ("symlink", f"python{short}"),
+        "pyvenv.cfg": (
+            f"home = {host.parent}\ninclude-system-site-packages = false\nversion = {version}\n"
+        ).encode(),
+        f"lib/python{short}/site-packages/README.portal-test": b"site-packages of a test prefix\n",
+    }
+    index = {"name": "python", "version": version, "build": "0_portal_test", "build_number": 0}
+    index.update(depends=[], subdir=platform, license="PSF-2.0", timestamp=TIMESTAMP)
+    index.update(arch=platform.split("-")[-1], platform=platform.split("-")[0])
+    _write_package(target / f"python-{version}-0_portal_test.tar.bz2", index, files)
+
+
+def _write_noarch_from_wheel(target: Path, wheel: Path) -> None:
+    with zipfile.ZipFile(wheel) as zf:
+        files: Dict[str, File] = {
+            f"site-packages/{info.filename}": zf.read(info)
+            for info in zf.infolist()
+            if not info.is_dir()
+        }
+    name, version = wheel.name.split("-")[:2]
+    name = name.lower().replace("_", "-")
+    index = {"name": name, "version": version, "build": "py_0", "build_number": 0}
+    index.update(depends=["python >=3.8"], noarch="python", subdir="noarch")
+    index.update(license="unknown", timestamp=TIMESTAMP)
+    link = {"noarch": {"type": "python"}, "package_metadata_version": 1}
+    _write_package(target / f"{name}-{version}-py_0.tar.bz2", index, files, link)
+
+
+def _write_activate_package(target: Path) -> None:
+    script = f'export {ACTIVATE_VAR}=yes-from-$(basename "$CONDA_PREFIX")\n'.encode()
+    files: Dict[str, File] = {"etc/conda/activate.d/portal-test.sh": script}
+    index = {"name": "portal-test-activate", "version": "1.0", "build": "0", "build_number": 0}
+    index.update(depends=[], noarch="generic", subdir="noarch", timestamp=TIMESTAMP)
+    _write_package(target / "portal-test-activate-1.0-0.tar.bz2", index, files)
+
+
+def _write_package(path: Path, index: dict, files: Dict[str, File], link: dict = None) -> None:
+    paths: List[dict] = []
+    for name, content in sorted(files.items()):
+        if isinstance(content, tuple):
+            paths.append({"_path": name, "path_type": "softlink"})
+        else:
+            digest = hashlib.sha256(content).hexdigest()
+            entry = {"_path": name, "path_type": "hardlink", "sha256": digest}
+            paths.append(dict(entry, size_in_bytes=len(content)))
+    info: Dict[str, File] = {
+        "info/index.json": json.dumps(index, indent=2, sort_keys=True).encode(),
+        "info/paths.json": json.dumps({"paths": paths, "paths_version": 1}, indent=2).encode(),
+        "info/files": "".join(f"{name}\n" for name in sorted(files)).encode(),
+    }
+    if link is not None:
+        info["info/link.json"] = json.dumps(link, indent=2).encode()
+    with tarfile.open(path, "w:bz2") as tar:
+        for name, content in sorted({**info, **files}.items()):
+            _add(tar, name, content)
+    os.utime(path, (TIMESTAMP / 1000, TIMESTAMP / 1000))
+
+
+def _add(tar: tarfile.TarFile, name: str, content: File) -> None:
+    member = tarfile.TarInfo(name)
+    member.mtime = TIMESTAMP // 1000
+    if isinstance(content, tuple):
+        member.type, member.linkname = tarfile.SYMTYPE, content[1]
+        tar.addfile(member)
+    else:
+        member.size, member.mode = len(content), 0o644
+        tar.addfile(member, io.BytesIO(content))

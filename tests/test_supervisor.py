@@ -1,0 +1,117 @@
+"""supervisor: start, health check, fail fast, restart on the same port, give up, stop."""
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from portal_env import AgentSidePortal, catalog, registry
+from portal_env.errors import PortalConnectionError, ServerStartError, SupervisorError
+from portal_env.runtimes import LogReporter
+from portal_env.runtimes.venv import VenvBackend
+from portal_env.supervisor import Policy, Supervisor
+
+from .conftest import pid_alive, wait_gone
+
+pytestmark = pytest.mark.usefixtures("reap_portals")
+
+
+def _supervisor(env_dir: Path, name: str = "mycart", **policy) -> Supervisor:
+    source = catalog.find(name, env_dir)
+    runtime = VenvBackend().ensure(source, force=False, reporter=LogReporter())
+    return Supervisor(name, runtime, source.env_dir, Policy(**policy))
+
+
+def _agent(name: str) -> AgentSidePortal:
+    record = registry.lookup(name)
+    return AgentSidePortal(name, ["CartPole-v1"], address=record.address, token=record.token)
+
+
+def test_start_serves_and_close_leaves_nothing(cartpole_dir: Path):
+    with _supervisor(cartpole_dir) as sup:
+        record = sup.start()
+        assert record.state == "ready" and record.server_pid == sup.handle.pid
+        env = _agent("mycart")
+        env.reset(seed=0)
+        assert env.step(0)[1] == 1.0
+        env.close()
+        server = sup.handle.pid
+    assert not pid_alive(server)
+    assert registry.get("mycart") is None
+    log = registry.log_path("mycart").read_text()
+    assert "portal-env serving on" in log and "stopped (exit code 0)" in log
+
+
+@pytest.mark.parametrize(
+    "main, expected",
+    [
+        ("import gymnasium\ndef broken(:\n", "SyntaxError"),
+        ("import no_such_module_xyz\n", "No module named 'no_such_module_xyz'"),
+    ],
+)
+def test_broken_env_main_fails_fast_with_its_traceback(cartpole_dir: Path, main, expected):
+    (cartpole_dir / "env_main.py").write_text(main)
+    started = time.monotonic()
+    with _supervisor(cartpole_dir, ready_timeout=60) as sup:
+        with pytest.raises(ServerStartError, match="exited with code 1 before it was ready") as e:
+            sup.start()
+    assert time.monotonic() - started < 10
+    assert expected in str(e.value) and "env_main.py" in str(e.value)
+    assert registry.get("mycart") is None
+
+
+@pytest.mark.slow
+def test_killed_server_is_restarted_on_the_same_port(cartpole_dir: Path):
+    with _supervisor(cartpole_dir) as sup:
+        first = sup.start()
+        watcher = threading.Thread(target=sup.watch, daemon=True)
+        watcher.start()
+        env = _agent("mycart")
+        env.reset(seed=0)
+        os.kill(first.server_pid, signal.SIGKILL)
+        with pytest.raises(PortalConnectionError, match="lost the connection"):
+            env.step(0)
+        deadline = time.monotonic() + 30
+        while (registry.lookup("mycart").restarts < 1) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        second = registry.lookup("mycart")
+        assert second.restarts == 1 and second.server_pid != first.server_pid
+        assert second.address == first.address and second.token == first.token
+        env.reset(seed=1)  # reconnects and makes a new remote env
+        assert env.step(1)[1] == 1.0
+        env.close()
+        sup.stop()
+        watcher.join(10)
+    assert not pid_alive(second.server_pid)
+
+
+@pytest.mark.slow
+def test_gives_up_on_a_server_that_keeps_dying(cartpole_dir: Path):
+    (cartpole_dir / "env_main.py").write_text(
+        "import os, threading, gymnasium\n"
+        "from portal_env import EnvSidePortal\n"
+        "portal = EnvSidePortal(gymnasium.make)\n"
+        "threading.Timer(0.2, lambda: os._exit(3)).start()\n"
+        "portal.run()\n"
+    )
+    with _supervisor(cartpole_dir, backoff=(0.05,), max_failures=2) as sup:
+        sup.start()
+        with pytest.raises(SupervisorError, match=r"died 3 times .*exit code 3.*giving up"):
+            sup.watch()
+    assert registry.get("mycart") is None
+
+
+@pytest.mark.slow
+def test_two_portals_of_one_env_side_by_side(cartpole_dir: Path):
+    with _supervisor(cartpole_dir, name="cart-a") as a, _supervisor(cartpole_dir, "cart-b") as b:
+        ra, rb = a.start(), b.start()
+        assert ra.address != rb.address and ra.token != rb.token
+        envs = [_agent("cart-a"), _agent("cart-b")]
+        for env in envs:
+            env.reset(seed=0)
+            assert env.step(0)[1] == 1.0
+            env.close()
+    assert wait_gone(ra.server_pid) and wait_gone(rb.server_pid)
