@@ -65,8 +65,8 @@ class AgentSidePortal(gymnasium.Env):
         return obs, info
 
     def step(self, action: Any) -> Tuple[Any, SupportsFloat, bool, bool, Dict[str, Any]]:
-        obs, reward, terminated, truncated, info = self._client.step(action)
-        return obs, reward, terminated, truncated, info
+        result = self._client.step(action)
+        return result if type(result) is tuple else tuple(result)
 
     def render(self) -> Any:
         return self._client.call("render")

@@ -73,17 +73,17 @@ class Client:
     def step(self, action: Any) -> Any:
         """A step, in the fast layout when the action fits it; the result as a sequence."""
         request = self.layout.encode_action(action) if self.layout is not None else None
-        if request is None:
+        if request is None or self.broken:
             return self.call("step", action)
-
-        def exchange() -> Any:
-            self._channel.send_parts(wire.FAST_STEP, [request], len(request))
-            kind, payload = self._channel.recv_frame()
-            if kind == wire.FAST_REPLY:
-                return self.layout.decode_result(payload)
-            return self._unwrap("step", self._channel.decode(payload))
-
-        return self._guarded("step", exchange)
+        channel = self._channel
+        try:  # inline rather than through _guarded: this is the hot path
+            channel.send_parts(wire.FAST_STEP, [request], len(request))
+            kind, payload = channel.recv_frame()
+        except (PortalConnectionError, OSError) as exc:
+            raise self._lost("step", exc) from exc
+        if kind == wire.FAST_REPLY:
+            return self.layout.decode_result(payload)
+        return self._unwrap("step", channel.decode(payload))
 
     def _guarded(self, op: str, exchange: Callable[[], Any]) -> Any:
         if self.broken:
@@ -94,13 +94,16 @@ class Client:
         try:
             return exchange()
         except (PortalConnectionError, OSError) as exc:
-            self.broken = True
-            self._channel.close()
-            raise PortalConnectionError(
-                f"lost the connection to the '{self.env_name}' portal at {self.address} during "
-                f"'{op}' ({exc}); the request may or may not have run and is not resent. "
-                "Make a new env (or call reset()) once the server is back."
-            ) from exc
+            raise self._lost(op, exc) from exc
+
+    def _lost(self, op: str, exc: BaseException) -> PortalConnectionError:
+        self.broken = True
+        self._channel.close()
+        return PortalConnectionError(
+            f"lost the connection to the '{self.env_name}' portal at {self.address} during "
+            f"'{op}' ({exc}); the request may or may not have run and is not resent. "
+            "Make a new env (or call reset()) once the server is back."
+        )
 
     def _unwrap(self, op: str, reply: Any) -> Any:
         if not isinstance(reply, list) or len(reply) != 2 or reply[0] not in (0, 1):

@@ -155,10 +155,12 @@ class EnvLayout(_Layout):
         slot = self.action
         if slot is None or len(payload) < 1:
             raise ProtocolError("fast step request for an env without a fast layout")
-        tag = bytes(payload[:1])
+        tag = payload[:1]
         if tag == _ACTION_INT and len(payload) == 9:
             return int.from_bytes(payload[1:9], "little", signed=True)
         if tag == _ACTION_SCALAR and len(payload) == 1 + slot.nbytes:
+            if slot.dtype == _INT64:  # the common Discrete case, without an array
+                return np.int64(int.from_bytes(payload[1:9], "little", signed=True))
             return slot.read(payload, 1)[()]
         if tag == _ACTION_ARRAY and len(payload) == 1 + slot.nbytes:
             return slot.read(bytearray(payload[1:]), 0)  # own, aligned, writable memory

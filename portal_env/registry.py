@@ -186,6 +186,7 @@ def get(name: str) -> Optional[Record]:
         again = _read(path)  # unless a new supervisor claimed the name meanwhile
         if again is not None and again.supervisor_pid == record.supervisor_pid:
             path.unlink(missing_ok=True)
+            _remove_socket(record.address)
         return None
     return record
 
@@ -200,6 +201,12 @@ def all_records() -> List[Record]:
     """Live records of every portal, by name (stale ones are removed)."""
     names = sorted(p.stem for p in portals_dir().glob("*.json"))
     return [r for r in map(get, names) if r is not None]
+
+
+def _remove_socket(address: Optional[str]) -> None:
+    """A killed supervisor leaves its server's Unix socket file behind."""
+    if address and address.startswith("unix:"):
+        Path(address[len("unix:") :]).unlink(missing_ok=True)
 
 
 def _read(path: Path) -> Optional[Record]:

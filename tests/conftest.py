@@ -123,26 +123,33 @@ def wait_gone(pid: int, seconds: float = 10.0) -> bool:
     return not pid_alive(pid)
 
 
-def _kill(pid: int, group: bool) -> None:
-    import signal
-
+def _kill(pid: int, group: bool, sig: int = 9) -> None:
     try:
-        (os.killpg if group else os.kill)(pid, signal.SIGKILL)
+        (os.killpg if group else os.kill)(pid, sig)
     except OSError:
         pass
 
 
 @pytest.fixture
 def reap_portals() -> Iterator[None]:
-    """After the test, kill every supervisor and server the test's registry still lists."""
+    """After the test, stop every supervisor and server the test's registry still lists.
+
+    SIGTERM first, so that a supervisor cleans up as on `portal-env stop` (record,
+    socket file); SIGKILL whatever is still there after a few seconds.
+    """
     import json
+    import signal
 
     yield
     from portal_env import registry
 
     for path in registry.portals_dir().glob("*.json"):
         record = json.loads(path.read_text())
-        if record.get("supervisor_pid") not in (None, os.getpid()):
-            _kill(record["supervisor_pid"], group=False)
+        supervisor = record.get("supervisor_pid")
+        if supervisor not in (None, os.getpid()):
+            _kill(supervisor, group=False, sig=signal.SIGTERM)
+            if not wait_gone(supervisor, 10):
+                _kill(supervisor, group=False)
         if record.get("server_pid"):
             _kill(record["server_pid"], group=True)
+        registry.get(record["name"])  # a stale record goes, with its socket file

@@ -100,7 +100,11 @@ def test_server_dies_with_a_sigkilled_supervisor(cartpole_dir: Path):
     record = start_detached(cartpole_dir)
     os.kill(record.supervisor_pid, signal.SIGKILL)
     assert wait_gone(record.server_pid, 5)
-    assert registry.get("mycart") is None  # stale record removed on read
+    assert record.address.startswith("unix:")  # local runtimes serve on a private socket
+    socket_file = Path(record.address[len("unix:") :])
+    assert socket_file.exists()  # nobody was left to remove it...
+    assert registry.get("mycart") is None  # ...until the stale record is removed on read
+    assert not socket_file.exists()
 
 
 @pytest.mark.slow
