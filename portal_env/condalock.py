@@ -123,8 +123,8 @@ def _with_serving_deps(spec: CondaSpec) -> CondaSpec:
     The serving deps go to pip, not conda: PyPI has wheels of them for every
     platform, while a local or mirrored channel may not carry them.
     """
-    conda_names = {_normalize(n) for n in _names(spec.conda)}
-    pip_names = {_normalize(n) for n in _names(spec.pip)}
+    conda_names = {lock.normalize_name(n) for n in _names(spec.conda)}
+    pip_names = {lock.normalize_name(n) for n in _names(spec.pip)}
     conda = list(spec.conda) + ([] if "python" in conda_names else ["python"])
     extra = [d for d in lock.SERVING_DEPS if d not in conda_names | pip_names]
     return CondaSpec(spec.channels, conda, list(spec.pip) + extra, spec.platforms)
@@ -134,24 +134,12 @@ def _names(requirements: Sequence[str]) -> List[str]:
     return [m.group(1) for m in map(_NAME.match, requirements) if m]
 
 
-def _normalize(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 # -- where lockfiles are and whether they are current ---------------------------
 
 
 def lock_path(source: EnvSource) -> Path:
     """Where the conda lockfile of source lives (beside the spec, or builtin/lockfiles)."""
     return source.lock_dir / f"{source.lock_stem}{SUFFIX}"
-
-
-def lock_command(source: EnvSource) -> str:
-    """The CLI command that (re)locks source for the micromamba backend."""
-    parts = ["portal-env", "lock", source.name]
-    if not source.builtin:
-        parts += ["-p", str(source.env_dir)]
-    return shlex.join(parts + ["-b", "mm"])
 
 
 def recorded_spec_hash(path: Path) -> Optional[str]:
@@ -180,7 +168,7 @@ def check(source: EnvSource, spec_path: Path) -> Path:
     if status(source, spec_path) == "stale":
         raise LockError(
             f"{path} was made from an older version of {spec_path} (the spec's hash "
-            f"changed). Re-lock it: {lock_command(source)}"
+            f"changed). Re-lock it: {lock.lock_command(source, 'mm')}"
         )
     return path
 
@@ -310,7 +298,7 @@ def _pip_entries(
 def _conda_python_packages(conda: list) -> Dict[str, str]:
     """Conda packages that are Python packages (they depend on python): name -> version."""
     return {
-        _normalize(r["name"]): r["version"]
+        lock.normalize_name(r["name"]): r["version"]
         for r in conda
         if r["name"] != "python"
         and "python" in {_split_dep(d)[0] for d in r["depends"]}

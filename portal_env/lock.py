@@ -101,12 +101,13 @@ def _python_version(path: Path, dep: str) -> str:
 
 def lock_input(spec: VenvSpec) -> List[str]:
     """The requirements to lock: the spec's pip list plus portal-env's serving deps."""
-    listed = {_normalize(m.group(1)) for m in map(_REQ_NAME.match, spec.pip) if m}
+    listed = {normalize_name(m.group(1)) for m in map(_REQ_NAME.match, spec.pip) if m}
     extra = [dep for dep in SERVING_DEPS if dep not in listed]
     return list(spec.pip) + extra
 
 
-def _normalize(name: str) -> str:
+def normalize_name(name: str) -> str:
+    """A package name as PEP 503 compares them."""
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
@@ -115,12 +116,12 @@ def venv_lock_path(source: EnvSource) -> Path:
     return source.lock_dir / f"{source.lock_stem}{VENV_LOCK_SUFFIX}"
 
 
-def lock_command(source: EnvSource) -> str:
-    """The CLI command that (re)locks source for the venv backend."""
+def lock_command(source: EnvSource, backend: str = "venv") -> str:
+    """The CLI command that (re)locks source for backend."""
     parts = ["portal-env", "lock", source.name]
     if not source.builtin:
         parts += ["-p", str(source.env_dir)]
-    return shlex.join(parts + ["-b", "venv"])
+    return shlex.join(parts + ["-b", backend])
 
 
 def read_header(lock_path: Path) -> Dict[str, str]:
