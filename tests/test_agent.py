@@ -41,6 +41,12 @@ def assert_identical(a, b, path="value"):
         assert a == b, f"{path}: {a!r} != {b!r}"
 
 
+def process_state(pid):
+    """The one-letter state of pid from /proc (R, S, T for stopped, ...)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
 def run_trajectory(env, seed, steps):
     """Seeded reset and `steps` steps with seeded actions; every return value."""
     env.action_space.seed(seed)
@@ -163,6 +169,9 @@ def test_server_hung_mid_call_times_out(server):
     env = AgentSidePortal("custom", ["CartPole-v1"], timeout=1.0, **server.kwargs())
     env.reset(seed=0)
     os.kill(server.proc.pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 5
+    while process_state(server.proc.pid) != "T" and time.monotonic() < deadline:
+        time.sleep(0.01)  # SIGSTOP takes effect asynchronously
     try:
         start = time.monotonic()
         with pytest.raises(PortalConnectionError, match="timed out"):
