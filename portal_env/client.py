@@ -46,18 +46,18 @@ class Client:
         return cls(env_name, where, secret, timeout)
 
     def adopt_layout(self, layout: Any) -> None:
-        """Use layout for steps, with shared memory for large observations when local."""
+        """Use layout for steps; share memory for large array data when on one host."""
         self.layout = layout
         local = self.address.path is not None or self.address.host in _LOOPBACK
         if not (local and layout.wants_shared_memory()):
             return
-        path, mapping = sharedmem.create(layout.obs.nbytes)
+        path, mapping = sharedmem.create(layout.capacity)
         try:
-            accepted = self.call("share_memory", path, layout.obs.nbytes)
+            accepted = self.call("share_memory", path, layout.capacity)
         finally:
             os.unlink(path)  # both sides have it mapped (or not): nothing to leak
         if accepted:
-            layout.shm = mapping
+            layout.shm = self._channel.shm = mapping
         else:
             mapping.close()
 

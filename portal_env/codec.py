@@ -29,6 +29,8 @@ from .errors import EncodeError, ProtocolError
 _ARRAY, _SCALAR, _TUPLE, _PICKLE = 1, 2, 3, 4
 _ALIGN = 16  # keeps array views aligned for any dtype
 _U32 = struct.Struct("<I")
+_SHARED = 1 << 31  # flag in the structure length: array data is in shared memory
+_MIN_SHARED = 1 << 16  # smaller array data travels in the frame
 _ARRAY_TAIL = struct.Struct("<QB")  # data offset, number of dimensions
 # msgpack preallocates 256 KiB per Packer; nested packing then costs ~20 us a
 # message in page faults. A small start size grows on demand.
@@ -63,11 +65,13 @@ class Encoder:
         self.size = 0
         self._packer = msgpack.Packer(default=self._default, strict_types=True, buf_size=_BUF_SIZE)
 
-    def encode(self, obj: Any) -> Tuple[List[Any], int]:
+    def encode(self, obj: Any, shm: Any = None) -> Tuple[List[Any], int]:
         """Encode obj as a list of buffers to send back to back, and their total size.
 
         Layout: u32 structure length, msgpack structure, padding to 16, then each
         array's bytes padded to 16 (array offsets count from the data start).
+        With shm (a writable buffer the peer shares), large array data is
+        written there instead, and the frame carries the structure only.
         """
         self.buffers, self.size = [], 0
         try:
@@ -79,6 +83,12 @@ class Encoder:
             self._packer.reset()
             raise
         head_len = _padded(_U32.size + len(meta))
+        if shm is not None and _MIN_SHARED <= self.size <= len(shm):
+            view, offset = memoryview(shm), 0
+            for buf in self.buffers:
+                view[offset : offset + buf.nbytes] = buf
+                offset += _padded(buf.nbytes)
+            return [_U32.pack(len(meta) | _SHARED) + meta], _U32.size + len(meta)
         head = _U32.pack(len(meta)) + meta + bytes(head_len - _U32.size - len(meta))
         parts: List[Any] = [head]
         for buf in self.buffers:
@@ -139,6 +149,7 @@ class Decoder:
     def __init__(self) -> None:
         self._view = memoryview(b"")
         self._data_start = 0
+        self._copy = False  # arrays in shared memory are copied out: the peer reuses it
         self._decoders: Dict[int, Callable[[bytes], Any]] = {
             _ARRAY: self._array,
             _SCALAR: _scalar,
@@ -146,16 +157,20 @@ class Decoder:
             _PICKLE: pickle.loads,
         }
 
-    def decode(self, frame: bytearray) -> Any:
-        """Decode one frame; arrays are writable views into frame."""
+    def decode(self, frame: bytearray, shm: Any = None) -> Any:
+        """Decode one frame; arrays are writable views into frame (or copies from shm)."""
         view = memoryview(frame)
         if len(view) < _U32.size:
             raise ProtocolError(f"frame of {len(view)} bytes is too short")
         (meta_len,) = _U32.unpack_from(view)
-        self._data_start = _padded(_U32.size + meta_len)
-        if self._data_start > len(view):
+        shared, meta_len = bool(meta_len & _SHARED), meta_len & ~_SHARED
+        if _U32.size + meta_len > len(view):
             raise ProtocolError(f"frame structure length {meta_len} exceeds the frame")
-        self._view = view
+        if shared and shm is None:
+            raise ProtocolError("frame refers to shared memory that was never agreed")
+        self._view = memoryview(shm) if shared else view
+        self._data_start = 0 if shared else _padded(_U32.size + meta_len)
+        self._copy = shared
         try:
             return self._unpack(view[_U32.size : _U32.size + meta_len])
         except ProtocolError:
@@ -179,7 +194,8 @@ class Decoder:
         start = self._data_start + offset
         if start + count * dtype.itemsize > len(self._view):
             raise ProtocolError("array data lies outside the frame")
-        return np.frombuffer(self._view, dtype, count, start).reshape(shape)
+        array = np.frombuffer(self._view, dtype, count, start).reshape(shape)
+        return array.copy() if self._copy else array
 
     def _unpack(self, data: Any) -> Any:
         return msgpack.unpackb(data, ext_hook=self._ext_hook, raw=False, strict_map_key=False)
@@ -189,11 +205,11 @@ def _scalar(data: bytes) -> np.generic:
     return np.frombuffer(data, _dtype(data[1 : 1 + data[0]]), 1, 1 + data[0])[0]
 
 
-def encode(obj: Any) -> Tuple[List[Any], int]:
+def encode(obj: Any, shm: Any = None) -> Tuple[List[Any], int]:
     """Encode obj with a fresh Encoder (convenience for tests and one-off use)."""
-    return Encoder().encode(obj)
+    return Encoder().encode(obj, shm)
 
 
-def decode(frame: bytearray) -> Any:
+def decode(frame: bytearray, shm: Any = None) -> Any:
     """Decode frame with a fresh Decoder (convenience for tests and one-off use)."""
-    return Decoder().decode(frame)
+    return Decoder().decode(frame, shm)

@@ -77,6 +77,17 @@ class Slot:
         return np.frombuffer(payload, self.dtype, self.count, offset).reshape(self.shape)
 
 
+def shared_capacity(space: Any) -> int:
+    """Bytes the fixed-size arrays of one value of space take (Dict/Tuple summed)."""
+    slot = slot_for(space)
+    if slot is not None:
+        return slot.padded
+    if isinstance(space, (gs.Dict, gs.Tuple)):
+        parts = space.spaces.values() if isinstance(space, gs.Dict) else space.spaces
+        return sum(shared_capacity(part) for part in parts)
+    return 0  # variable-sized (Text, Sequence, Graph, ...): not counted
+
+
 def slot_for(space: Any) -> Optional[Slot]:
     """The slot of a space whose values are plain arrays (or int64 scalars), else None."""
     if isinstance(space, (gs.Box, gs.MultiBinary, gs.MultiDiscrete, gs.Discrete)):
@@ -90,22 +101,24 @@ class _Layout:
 
     Attributes:
         obs: The observation slot, or None when observations never take the fast path.
-        shm: A shared mapping the size of obs, once agent and server agreed on one.
+        capacity: Bytes of shared memory an observation (batch) can use.
+        shm: A shared mapping of capacity bytes, once agent and server agreed on one.
     """
 
     obs: Optional[Slot]
 
-    def __init__(self) -> None:
+    def __init__(self, observation_space: Any) -> None:
+        self.capacity = shared_capacity(observation_space)
         self.shm: Any = None
         self._encoder = codec.Encoder()
         self._decoder = codec.Decoder()
 
     def wants_shared_memory(self) -> bool:
-        return self.obs is not None and self.obs.nbytes >= sharedmem.MIN_BYTES
+        return self.capacity >= sharedmem.MIN_BYTES
 
     def _put_obs(self, obs: np.ndarray, parts: List[Any]) -> Tuple[int, int]:
         """Place obs in shared memory or in parts; (flags that say where, bytes added)."""
-        if self.shm is not None:
+        if self.shm is not None and self.obs.padded <= self.capacity:
             self.obs.share(obs, self.shm)
             return _OBS_SHARED, 0
         parts += [Slot.raw(obs), self.obs.pad()]
@@ -132,7 +145,7 @@ class EnvLayout(_Layout):
     """Step layout of a single env: action → (obs, reward, terminated, truncated, info)."""
 
     def __init__(self, observation_space: Any, action_space: Any) -> None:
-        super().__init__()
+        super().__init__(observation_space)
         self.obs = slot_for(observation_space)
         self.action = slot_for(action_space)
 
@@ -206,7 +219,7 @@ class VectorLayout(_Layout):
     """Step layout of N envs: actions → (obs, rewards, terminations, truncations, infos)."""
 
     def __init__(self, observation_space: Any, action_space: Any, num_envs: int) -> None:
-        super().__init__()
+        super().__init__(batch_space(observation_space, num_envs))
         obs = slot_for(observation_space)
         action = slot_for(action_space)
         self.obs = slot_for(batch_space(observation_space, num_envs)) if obs else None

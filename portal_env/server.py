@@ -38,8 +38,9 @@ def _error_reply(exc: BaseException) -> List[Any]:
 class Session:
     """The state of one agent connection: at most one hosted env or vector env."""
 
-    def __init__(self, factory: EnvFactory) -> None:
+    def __init__(self, factory: EnvFactory, channel: Optional[wire.Channel] = None) -> None:
         self.factory = factory
+        self.channel = channel
         self.hosted: Any = None
         self.layout: Any = None
         self.finished = False
@@ -74,9 +75,11 @@ class Session:
     def share_memory(self, path: str, size: int) -> bool:
         """Map the agent's shared memory for observations; False if it cannot be used here."""
         layout = self.layout
-        if layout is None or not layout.wants_shared_memory() or size != layout.obs.nbytes:
+        if layout is None or not layout.wants_shared_memory() or size != layout.capacity:
             return False
         layout.shm = sharedmem.attach(path, size)
+        if self.channel is not None:
+            self.channel.shm = layout.shm
         return layout.shm is not None
 
     def fast_step(self, payload: bytearray) -> Any:
@@ -109,6 +112,8 @@ class Session:
 
     def _drop(self) -> None:
         hosted, self.hosted, self.layout = self.hosted, None, None
+        if self.channel is not None:
+            self.channel.shm = None  # sized for the env that is going
         for name in ("reset", "step", "render", "call", "get_attr", "set_attr"):
             self._ops[name] = self._forward(name)
         if hosted is not None:
@@ -213,7 +218,7 @@ class EnvSidePortal:
                 channel.close()
                 return
             self._channels.add(channel)
-        session = Session(self.env_factory)
+        session = Session(self.env_factory, channel)
         try:
             self._request_loop(channel, session)
         finally:

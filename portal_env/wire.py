@@ -136,6 +136,7 @@ class Channel:
         self._wait_ns = 0  # running average of how long a frame took to start arriving
         self._encoder = codec.Encoder()
         self._decoder = codec.Decoder()
+        self.shm: Any = None  # a mapping shared with the peer for large array data
         self._buf = bytearray(_READ_CHUNK)
         self._view = memoryview(self._buf)
         self._lo = self._hi = 0
@@ -197,7 +198,7 @@ class Channel:
 
     def send(self, obj: Any) -> None:
         """Encode obj with the general codec and send it as one frame."""
-        parts, size = self._encoder.encode(obj)
+        parts, size = self._encoder.encode(obj, self.shm)
         self.send_parts(GENERAL, parts, size)
 
     def send_parts(self, kind: int, parts: List[Any], size: int) -> None:
@@ -228,7 +229,7 @@ class Channel:
 
     def decode(self, payload: bytearray) -> Any:
         """Decode the payload of a general frame."""
-        return self._decoder.decode(payload)
+        return self._decoder.decode(payload, self.shm)
 
     def recv_frame(self) -> Tuple[int, bytearray]:
         """Receive one frame: (kind, payload). Oversized frames raise ProtocolError."""

@@ -133,6 +133,30 @@ class TypedEnv(gymnasium.Env):
         return obs, reward, flag if self.t < 20 else True, flag, info
 
 
+class ScreenEnv(gymnasium.Env):
+    """VizDoom-like: a Dict observation with a 230 KB screen and a small vector."""
+
+    action_space = spaces.Discrete(3)
+
+    def __init__(self):
+        self.observation_space = spaces.Dict(
+            {
+                "screen": spaces.Box(0, 255, (240, 320, 3), np.uint8),
+                "vars": spaces.Box(-1.0, 1.0, (2,), np.float32),
+            }
+        )
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.observation_space.seed(int(self.np_random.integers(1 << 30)))
+        return self.observation_space.sample(), {"frame": np.zeros((64, 64, 3), np.uint8)}
+
+    def step(self, action):
+        self.observation_space.seed(int(self.np_random.integers(1 << 30)))
+        return self.observation_space.sample(), 1.0, False, False, {}
+
+
+gymnasium.register("PortalTest/Screen-v0", entry_point=ScreenEnv, max_episode_steps=25)
 gymnasium.register("PortalTest/Typed-v0", entry_point=TypedEnv, disable_env_checker=True)
 gymnasium.register("PortalTest/Rich-v0", entry_point=RichEnv, max_episode_steps=50)
 gymnasium.register("PortalTest/Faulty-v0", entry_point=FaultyEnv, disable_env_checker=True)

@@ -272,3 +272,16 @@ def test_large_observations_travel_through_shared_memory_that_leaves_no_file(ser
 def test_small_observations_use_no_shared_memory(server):
     with AgentSidePortal("custom", ["CartPole-v1"], **server.kwargs()) as env:
         assert env._client.layout.shm is None
+
+
+def test_dict_observations_share_memory_and_stay_exact(server):
+    env = AgentSidePortal("custom", ["PortalTest/Screen-v0"], **server.kwargs())
+    local = envs.make("PortalTest/Screen-v0")
+    assert env._client._channel.shm is not None  # 230 KB screens: shared memory engaged
+    assert_identical(run_trajectory(env, 4, 40), run_trajectory(local, 4, 40))
+    obs, _ = env.reset(seed=1)
+    screen = obs["screen"]
+    screen[:] = 7  # the agent's own copy: later messages do not touch it
+    env.step(0)
+    assert (screen == 7).all() and screen.flags.writeable
+    env.close()

@@ -90,3 +90,26 @@ def test_array_reference_outside_the_frame_is_rejected():
     frame = bytearray(bytes(parts[0]))  # structure only, data missing
     with pytest.raises(ProtocolError, match="outside the frame"):
         codec.decode(frame)
+
+
+def test_large_array_data_goes_through_shared_memory_as_copies():
+    shm = bytearray(1 << 20)
+    value = {"screen": np.arange(100_000, dtype=np.uint8), "small": np.ones(3), "t": (1, "x")}
+    parts, size = codec.encode(value, shm)
+    assert size < 200 and len(parts) == 1  # only the structure travels in the frame
+    frame = bytearray(b"".join(parts))
+    out = codec.decode(frame, shm)
+    assert_identical(out, value)
+    shm[:] = bytes(len(shm))  # the peer reuses the mapping: decoded arrays are copies
+    assert_identical(out, value)
+    with pytest.raises(ProtocolError, match="shared memory"):
+        codec.decode(bytearray(frame))
+
+
+def test_small_or_oversized_data_stays_in_the_frame():
+    small = np.ones(10)
+    assert len(codec.encode(small, bytearray(1 << 20))[0]) > 1
+    big = np.zeros(1 << 21, np.uint8)  # larger than the mapping
+    parts, size = codec.encode(big, bytearray(1 << 20))
+    assert size > 1 << 21
+    assert_identical(roundtrip(big), big)

@@ -92,3 +92,11 @@ def test_vector_of_atari_uses_shared_memory(server):
     assert remote._client.layout.shm is not None
     assert_identical(vec_trajectory(remote, 3, 20), vec_trajectory(local, 3, 20))
     remote.close()
+
+
+def test_vector_of_dict_observations_uses_shared_memory(server):
+    remote = make_vec("custom", num_envs=2, env_args=["PortalTest/Screen-v0"], **server.kwargs())
+    local = local_vec("PortalTest/Screen-v0", 2)
+    assert remote._client._channel.shm is not None
+    assert_identical(vec_trajectory(remote, 9, 30), vec_trajectory(local, 9, 30))
+    remote.close()
