@@ -30,7 +30,7 @@ class EnvSource:
 
     Attributes:
         name: The env's name (for a custom env, the portal name it was given).
-        env_dir: Directory holding env_main.py; the server runs with it as cwd.
+        env_dir: Directory holding env_main.py (a custom env's server runs there).
         spec: The conda-style spec.yml, if there is one.
         dockerfile: Dockerfile.env, if there is one.
         setup_script: env_setup.py, run once in a new runtime, if there is one.
@@ -52,6 +52,20 @@ class EnvSource:
     def main(self) -> Path:
         """The server script, env_main.py."""
         return self.env_dir / ENV_MAIN
+
+    @property
+    def work_dir(self) -> Path:
+        """The server's working directory: a custom env's own directory (the seed's
+        layout, for relative paths to its files); for a built-in, a private directory
+        in the state dir, since env libraries write files there (VizDoom's ini, MuJoCo's
+        log) and an installed package's directory may even be read-only."""
+        if not self.builtin:
+            return self.env_dir
+        from . import config
+
+        path = config.state_dir() / "work" / self.name
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return path
 
     def require_spec(self, backend: str) -> Path:
         """The spec.yml, or an error saying the backend needs one."""

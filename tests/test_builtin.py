@@ -97,12 +97,16 @@ def test_backends_follow_the_files(tmp_path):
 def portal(request, reap_portals) -> Any:
     """Start built-in `request.param` detached with -b venv; stop it after the test."""
     name = request.param
+    env_dir = catalog.find(name).env_dir
+    shipped = sorted(p.name for p in env_dir.iterdir())
     done = cli("start", name, "-b", "venv", "-d")
     assert done.returncode == 0, done.stderr
     record = registry.get(name)
     yield record
     cli("stop", name)
     assert wait_gone(record.server_pid, 10)
+    # Servers of built-ins run in a private work dir: nothing lands in the package.
+    assert sorted(p.name for p in env_dir.iterdir()) == shipped
 
 
 def _frame_ok(frame: Any) -> None:

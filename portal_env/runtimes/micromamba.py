@@ -210,7 +210,7 @@ class MicromambaBackend:
                 runtime = MicromambaRuntime(source, prefix, package_dir(), activation)
                 command = [str(runtime.python), str(source.setup_script)]
                 what = f"run {source.setup_script}"
-                _run(command, what, cwd=source.env_dir, env=runtime.environment({}))
+                _run(command, what, cwd=source.work_dir, env=runtime.environment({}))
             _write_marker(prefix, lock_path, activation, "micromamba" if exe else "py-rattler")
         except BaseException:
             shutil.rmtree(prefix, ignore_errors=True)

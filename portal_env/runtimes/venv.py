@@ -89,8 +89,8 @@ class VenvRuntime:
         return [str(self.python), str(self.source.main)]
 
     def launch(self, env: Mapping[str, str], log: IO[bytes]) -> ServerHandle:
-        """Start env_main.py (cwd = the env dir) with output to log."""
-        return ProcessHandle.spawn(self.command(), self.environment(env), self.source.env_dir, log)
+        """Start env_main.py (in the env's working directory) with output to log."""
+        return ProcessHandle.spawn(self.command(), self.environment(env), self.source.work_dir, log)
 
 
 class VenvBackend:
@@ -178,7 +178,7 @@ def _install_command(venv_dir: Path, lock_path: Path) -> List[str]:
 def _run_setup(source: EnvSource, venv_dir: Path) -> None:
     runtime = VenvRuntime(source, venv_dir, package_dir())
     command = [str(runtime.python), str(source.setup_script)]
-    _run(command, f"run {source.setup_script}", cwd=source.env_dir, env=runtime.environment({}))
+    _run(command, f"run {source.setup_script}", cwd=source.work_dir, env=runtime.environment({}))
 
 
 def _run(
