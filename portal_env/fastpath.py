@@ -50,7 +50,9 @@ class Slot:
         self.count = self.nbytes // max(self.dtype.itemsize, 1)
 
     def fits(self, value: Any) -> bool:
-        return type(value) is np.ndarray and value.dtype == self.dtype and value.shape == self.shape
+        if type(value) is not np.ndarray or value.shape != self.shape:
+            return False
+        return value.dtype is self.dtype or value.dtype == self.dtype  # `is`: builtin dtypes
 
     @property
     def padded(self) -> int:
@@ -74,7 +76,8 @@ class Slot:
     def read(self, payload: Any, offset: int) -> np.ndarray:
         if offset + self.nbytes > len(payload):
             raise ProtocolError("step frame shorter than the layout agreed from the spaces")
-        return np.frombuffer(payload, self.dtype, self.count, offset).reshape(self.shape)
+        flat = np.frombuffer(payload, self.dtype, self.count, offset)
+        return flat if len(self.shape) == 1 else flat.reshape(self.shape)
 
 
 def shared_capacity(space: Any) -> int:
@@ -148,6 +151,8 @@ class EnvLayout(_Layout):
         super().__init__(observation_space)
         self.obs = slot_for(observation_space)
         self.action = slot_for(action_space)
+        action = self.action
+        self._int_action = action is not None and action.shape == () and action.dtype == _INT64
 
     # -- requests ----------------------------------------------------------
 
@@ -155,11 +160,11 @@ class EnvLayout(_Layout):
         slot, kind = self.action, type(action)
         if slot is None:
             return None
-        if slot.shape == () and slot.dtype == _INT64:
-            if kind is int and -(2**63) <= action < 2**63:
-                return _ACTION_INT + int(action).to_bytes(8, "little", signed=True)
+        if self._int_action:
             if kind is np.int64:
                 return _ACTION_SCALAR + action.tobytes()
+            if kind is int and -(2**63) <= action < 2**63:
+                return _ACTION_INT + action.to_bytes(8, "little", signed=True)
         if slot.fits(action):
             return _ACTION_ARRAY + bytes(Slot.raw(action))
         return None
