@@ -24,21 +24,27 @@ from typing import Any, Callable, Dict, List, Tuple
 import msgpack
 import numpy as np
 
+from . import sharedmem
 from .errors import EncodeError, ProtocolError
 
 _ARRAY, _SCALAR, _TUPLE, _PICKLE = 1, 2, 3, 4
-_ALIGN = 16  # keeps array views aligned for any dtype
+ALIGN = 16  # keeps array views aligned for any dtype
 _U32 = struct.Struct("<I")
 _SHARED = 1 << 31  # flag in the structure length: array data is in shared memory
-_MIN_SHARED = 1 << 16  # smaller array data travels in the frame
 _ARRAY_TAIL = struct.Struct("<QB")  # data offset, number of dimensions
 # msgpack preallocates 256 KiB per Packer; nested packing then costs ~20 us a
 # message in page faults. A small start size grows on demand.
 _BUF_SIZE = 1024
 
 
-def _padded(n: int) -> int:
-    return -(-n // _ALIGN) * _ALIGN
+def padded(n: int) -> int:
+    """n rounded up to a multiple of ALIGN."""
+    return -(-n // ALIGN) * ALIGN
+
+
+def array_bytes(array: np.ndarray) -> memoryview:
+    """The bytes of array in C order, without a copy when it is contiguous."""
+    return memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
 
 
 @lru_cache(maxsize=256)
@@ -82,18 +88,18 @@ class Encoder:
         except BaseException:
             self._packer.reset()
             raise
-        head_len = _padded(_U32.size + len(meta))
-        if shm is not None and _MIN_SHARED <= self.size <= len(shm):
+        head_len = padded(_U32.size + len(meta))
+        if shm is not None and sharedmem.MIN_BYTES <= self.size <= len(shm):
             view, offset = memoryview(shm), 0
             for buf in self.buffers:
                 view[offset : offset + buf.nbytes] = buf
-                offset += _padded(buf.nbytes)
+                offset += padded(buf.nbytes)
             return [_U32.pack(len(meta) | _SHARED) + meta], _U32.size + len(meta)
         head = _U32.pack(len(meta)) + meta + bytes(head_len - _U32.size - len(meta))
         parts: List[Any] = [head]
         for buf in self.buffers:
             parts.append(buf)
-            pad = _padded(buf.nbytes) - buf.nbytes
+            pad = padded(buf.nbytes) - buf.nbytes
             if pad:
                 parts.append(bytes(pad))
         return parts, head_len + self.size
@@ -101,7 +107,7 @@ class Encoder:
     def _array(self, obj: np.ndarray) -> msgpack.ExtType:
         if obj.dtype.hasobject or obj.dtype.fields is not None:
             return _pickled(obj)
-        data = memoryview(np.ascontiguousarray(obj).reshape(-1).view(np.uint8))
+        data = array_bytes(obj)
         shape = obj.shape
         header = (
             _dtype_tag(obj.dtype)
@@ -109,7 +115,7 @@ class Encoder:
             + _shape_format(len(shape)).pack(*shape)
         )
         self.buffers.append(data)
-        self.size += _padded(data.nbytes)
+        self.size += padded(data.nbytes)
         return msgpack.ExtType(_ARRAY, header)
 
     def _tuple(self, obj: tuple) -> msgpack.ExtType:
@@ -169,7 +175,7 @@ class Decoder:
         if shared and shm is None:
             raise ProtocolError("frame refers to shared memory that was never agreed")
         self._view = memoryview(shm) if shared else view
-        self._data_start = 0 if shared else _padded(_U32.size + meta_len)
+        self._data_start = 0 if shared else padded(_U32.size + meta_len)
         self._copy = shared
         try:
             return self._unpack(view[_U32.size : _U32.size + meta_len])

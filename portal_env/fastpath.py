@@ -23,8 +23,7 @@ from .errors import ProtocolError
 
 _HEAD = struct.Struct("<BBBBxxxxd")  # reward kind, terminated, truncated, flags, reward
 _HAS_INFO, _OBS_SHARED = 1, 2  # flags
-_ALIGN = 16
-_ZEROS = bytes(_ALIGN)
+_ZEROS = bytes(codec.ALIGN)
 _SMALL = 4096
 _INT64 = np.dtype(np.int64)
 _FLOAT, _INT, _NP_FLOAT64, _NP_FLOAT32 = range(4)  # how the reward was typed
@@ -34,10 +33,6 @@ _FLAG_KINDS = {(bool, False): 0, (bool, True): 1, (np.bool_, False): 2, (np.bool
 _FLAG_VALUES = (False, True, np.False_, np.True_)
 _ACTION_INT, _ACTION_SCALAR, _ACTION_ARRAY = b"\x00", b"\x01", b"\x02"
 Parts = Tuple[List[Any], int]
-
-
-def _padded(n: int) -> int:
-    return -(-n // _ALIGN) * _ALIGN
 
 
 class Slot:
@@ -56,7 +51,7 @@ class Slot:
 
     @property
     def padded(self) -> int:
-        return _padded(self.nbytes)
+        return codec.padded(self.nbytes)
 
     def pad(self) -> bytes:
         return _ZEROS[: self.padded - self.nbytes]
@@ -65,7 +60,7 @@ class Slot:
     def raw(value: np.ndarray) -> Any:
         if value.nbytes <= _SMALL:  # a copy is cheaper than exporting a buffer
             return value.tobytes()
-        return memoryview(np.ascontiguousarray(value).reshape(-1).view(np.uint8))
+        return codec.array_bytes(value)
 
     def share(self, value: np.ndarray, shm: Any) -> None:
         np.frombuffer(shm, self.dtype, self.count).reshape(self.shape)[...] = value
@@ -121,7 +116,7 @@ class _Layout:
 
     def _put_obs(self, obs: np.ndarray, parts: List[Any]) -> Tuple[int, int]:
         """Place obs in shared memory or in parts; (flags that say where, bytes added)."""
-        if self.shm is not None and self.obs.padded <= self.capacity:
+        if self.shm is not None:  # sized from the same space: the obs always fits
             self.obs.share(obs, self.shm)
             return _OBS_SHARED, 0
         parts += [Slot.raw(obs), self.obs.pad()]
