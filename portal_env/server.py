@@ -35,6 +35,10 @@ def _error_reply(exc: BaseException) -> List[Any]:
     return [1, [name, str(exc), "".join(traceback.format_exception(kind, exc, exc.__traceback__))]]
 
 
+# Requests a connection's env answers (reset and step are wrapped in _host).
+_ENV_OPS = ("reset", "step", "render", "call", "get_attr", "set_attr")
+
+
 class Session:
     """The state of one agent connection: at most one hosted env or vector env."""
 
@@ -51,11 +55,10 @@ class Session:
             "share_memory": self.share_memory,
             "close": self.close,
         }
-        for name in ("reset", "step", "render", "call", "get_attr", "set_attr"):
-            self._ops[name] = self._forward(name)
+        self._drop()  # the env ops answer "no env yet" until make
 
     @staticmethod
-    def _forward(name: str) -> Callable[..., Any]:
+    def _no_env(name: str) -> Callable[..., Any]:
         def op(*args: Any) -> Any:
             raise PortalEnvError(f"'{name}' before an env was made on this connection")
 
@@ -63,7 +66,7 @@ class Session:
 
     def _host(self, hosted: Any) -> dict:
         self.hosted = hosted
-        for name in ("render", "call", "get_attr", "set_attr"):
+        for name in _ENV_OPS:
             self._ops[name] = getattr(hosted, name)  # bound once: no lookup per step
         # Results travel as lists: the agent rebuilds the tuples, which keeps a
         # nested tuple (a second msgpack pass) off the step path.
@@ -114,8 +117,8 @@ class Session:
         hosted, self.hosted, self.layout = self.hosted, None, None
         if self.channel is not None:
             self.channel.shm = None  # sized for the env that is going
-        for name in ("reset", "step", "render", "call", "get_attr", "set_attr"):
-            self._ops[name] = self._forward(name)
+        for name in _ENV_OPS:
+            self._ops[name] = self._no_env(name)
         if hosted is not None:
             hosted.close()
 
