@@ -40,7 +40,11 @@ class AgentSidePortal(gymnasium.Env):
         self.env_kwargs: Dict[str, Any] = dict(env_kwargs or {})
         self._connect_args = (address, token, agent_in_docker, timeout)
         self._closed = False
-        self._client = self._open()
+        self._connect()
+
+    def _connect(self) -> None:
+        """Connect, make the remote env and take its spaces and metadata."""
+        self._client = Client.for_env(self.env_name, *self._connect_args)
         description = self._client.call("make", self.env_args, self.env_kwargs)
         self.observation_space = spaces.decode_space(description["observation_space"])
         self.action_space = spaces.decode_space(description["action_space"])
@@ -49,18 +53,13 @@ class AgentSidePortal(gymnasium.Env):
         self.remote_spec_id: Optional[str] = description["spec_id"]
         self._client.adopt_layout(fastpath.EnvLayout(self.observation_space, self.action_space))
 
-    def _open(self) -> Client:
-        return Client.for_env(self.env_name, *self._connect_args)
-
     def reset(
         self, *, seed: Optional[int] = None, options: Optional[Dict[str, Any]] = None
     ) -> Tuple[Any, Dict[str, Any]]:
         """Reset the remote env; after a lost connection, starts a fresh remote env first."""
         super().reset(seed=seed)
         if self._client.broken:
-            self._client = self._open()
-            self._client.call("make", self.env_args, self.env_kwargs)
-            self._client.adopt_layout(fastpath.EnvLayout(self.observation_space, self.action_space))
+            self._connect()
         obs, info = self._client.call("reset", seed, options)
         return obs, info
 
