@@ -155,22 +155,14 @@ def recorded_spec_hash(path: Path) -> Optional[str]:
 
 
 def status(source: EnvSource, spec_path: Path) -> str:
-    """'missing', 'current', or 'stale' (the spec changed since it was locked)."""
-    path = lock_path(source)
-    if not path.is_file():
-        return "missing"
-    return "current" if recorded_spec_hash(path) == lock.file_hash(spec_path) else "stale"
+    """'missing', 'current', or 'stale' for source's conda lockfile."""
+    return lock.freshness(lock_path(source), spec_path, recorded_spec_hash)
 
 
 def check(source: EnvSource, spec_path: Path) -> Path:
-    """The lockfile, if it matches the spec; a clear error if the spec changed since."""
-    path = lock_path(source)
-    if status(source, spec_path) == "stale":
-        raise LockError(
-            f"{path} was made from an older version of {spec_path} (the spec's hash "
-            f"changed). Re-lock it: {lock.lock_command(source, 'mm')}"
-        )
-    return path
+    """The conda lockfile, if it matches the spec; a clear error if the spec changed since."""
+    relock = lock.lock_command(source, "mm")
+    return lock.require_current(lock_path(source), spec_path, recorded_spec_hash, relock)
 
 
 # -- locking ---------------------------------------------------------------------

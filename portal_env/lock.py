@@ -17,7 +17,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 from .catalog import EnvSource
 from .errors import LockError, SpecError
@@ -138,24 +138,42 @@ def read_header(lock_path: Path) -> Dict[str, str]:
     return header
 
 
-def venv_lock_status(source: EnvSource, spec_path: Path) -> str:
-    """'missing', 'current', or 'stale' (the spec changed since it was locked)."""
-    lock_path = venv_lock_path(source)
+def freshness(lock_path: Path, spec_path: Path, recorded: Callable[[Path], Optional[str]]) -> str:
+    """'missing', 'current', or 'stale' (the spec changed since lock_path was made).
+
+    recorded reads the spec hash a lockfile of that format records.
+    """
     if not lock_path.is_file():
         return "missing"
-    recorded = read_header(lock_path).get("spec_sha256")
-    return "current" if recorded == file_hash(spec_path) else "stale"
+    return "current" if recorded(lock_path) == file_hash(spec_path) else "stale"
+
+
+def require_current(
+    lock_path: Path, spec_path: Path, recorded: Callable[[Path], Optional[str]], relock: str
+) -> Path:
+    """lock_path, if it matches the spec; a clear error naming the relock command if not."""
+    if freshness(lock_path, spec_path, recorded) == "stale":
+        raise LockError(
+            f"{lock_path} was made from an older version of {spec_path} (the spec's hash "
+            f"changed). Re-lock it: {relock}"
+        )
+    return lock_path
+
+
+def _recorded_venv_hash(lock_path: Path) -> Optional[str]:
+    return read_header(lock_path).get("spec_sha256")
+
+
+def venv_lock_status(source: EnvSource, spec_path: Path) -> str:
+    """'missing', 'current', or 'stale' for source's venv lockfile."""
+    return freshness(venv_lock_path(source), spec_path, _recorded_venv_hash)
 
 
 def check_venv_lock(source: EnvSource, spec_path: Path) -> Path:
-    """The lockfile, if it matches the spec; a clear error if the spec changed since."""
-    lock_path = venv_lock_path(source)
-    if venv_lock_status(source, spec_path) == "stale":
-        raise LockError(
-            f"{lock_path} was made from an older version of {spec_path} (the spec's hash "
-            f"changed). Re-lock it: {lock_command(source)}"
-        )
-    return lock_path
+    """The venv lockfile, if it matches the spec; a clear error if the spec changed since."""
+    return require_current(
+        venv_lock_path(source), spec_path, _recorded_venv_hash, lock_command(source)
+    )
 
 
 def write_venv_lock(source: EnvSource, uv_bin: str) -> Path:
