@@ -9,7 +9,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, Optional
+from typing import Dict, Iterator, List, Optional
 
 import pytest
 
@@ -121,6 +121,27 @@ def wait_gone(pid: int, seconds: float = 10.0) -> bool:
             return True
         time.sleep(0.05)
     return not pid_alive(pid)
+
+
+def interrupt_build(command: List[str], started: Path, runtime_dir: Path, wait: float) -> None:
+    """Run a build command, press Ctrl-C once its env_setup.py has written started.
+
+    The build must exit 130 and leave no runtime_dir (no half-made runtime).
+    """
+    import signal
+
+    proc = subprocess.Popen(command, start_new_session=True, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + wait
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert started.exists() and runtime_dir.exists()
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        assert proc.wait(30) == 130
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert not runtime_dir.exists()
 
 
 def _kill(pid: int, group: bool, sig: int = 9) -> None:

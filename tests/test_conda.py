@@ -8,10 +8,8 @@ installed with py-rattler; the micromamba path is tested only where one exists.
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +21,7 @@ from portal_env.runtimes.base import ProcessHandle
 from portal_env.runtimes.micromamba import MARKER, MicromambaBackend, micromamba_exe
 
 from .conda_channel import ACTIVATE_VAR, build_channel
-from .conftest import wait_gone
+from .conftest import interrupt_build, wait_gone
 
 pytestmark = pytest.mark.conda
 
@@ -207,6 +205,18 @@ def _key(env_dir: Path) -> str:
     return prefix_key(env_dir / LOCK, current_platform(), catalog.find("m", env_dir).setup_script)
 
 
+def _lock_then_tamper(
+    env_dir: Path, private: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lock against the private channel, then swap cloudpickle's archive for another
+    package's, and make the next build install with py-rattler into fresh pkgs."""
+    assert cli("lock", "mycart", "-p", str(env_dir)).returncode == 0
+    archive = next((private / "noarch").glob("cloudpickle-*.tar.bz2"))
+    shutil.copy(next((private / "noarch").glob("typing-extensions-*.tar.bz2")), archive)
+    monkeypatch.setenv("PORTAL_ENV_PKGS_DIR", str(tmp_path / "pkgs"))
+    monkeypatch.setenv("PORTAL_ENV_CONDA_INSTALLER", "rattler")
+
+
 def test_tampered_package_fails_its_hash_check(
     env_dir: Path, channel: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
@@ -214,11 +224,7 @@ def test_tampered_package_fails_its_hash_check(
     shutil.copytree(channel, private)
     write_spec(env_dir, private)
     (env_dir / LOCK).unlink()
-    assert cli("lock", "mycart", "-p", str(env_dir)).returncode == 0
-    archive = next((private / "noarch").glob("cloudpickle-*.tar.bz2"))
-    shutil.copy(next((private / "noarch").glob("typing-extensions-*.tar.bz2")), archive)
-    monkeypatch.setenv("PORTAL_ENV_PKGS_DIR", str(tmp_path / "pkgs"))
-    monkeypatch.setenv("PORTAL_ENV_CONDA_INSTALLER", "rattler")
+    _lock_then_tamper(env_dir, private, tmp_path, monkeypatch)
     with pytest.raises(BuildError, match=r"hash mismatch for conda package cloudpickle at"):
         ensure(env_dir)
     assert not (Path(os.environ["PORTAL_ENV_CACHE_DIR"]) / "conda" / _key(env_dir)).exists()
@@ -242,11 +248,7 @@ def test_tampered_download_fails_rattlers_hash_check(
             (env_dir / "spec.yml").read_text().replace(channel.as_uri(), url)
         )
         (env_dir / LOCK).unlink()
-        assert cli("lock", "mycart", "-p", str(env_dir)).returncode == 0
-        archive = next((private / "noarch").glob("cloudpickle-*.tar.bz2"))
-        shutil.copy(next((private / "noarch").glob("typing-extensions-*.tar.bz2")), archive)
-        monkeypatch.setenv("PORTAL_ENV_PKGS_DIR", str(tmp_path / "pkgs"))
-        monkeypatch.setenv("PORTAL_ENV_CONDA_INSTALLER", "rattler")
+        _lock_then_tamper(env_dir, private, tmp_path, monkeypatch)
         with pytest.raises(BuildError, match=r"(?s)cloudpickle.*hash mismatch"):
             ensure(env_dir)
     finally:
@@ -263,18 +265,7 @@ def test_interrupted_build_leaves_no_prefix(env_dir: Path):
     )
     prefix = Path(os.environ["PORTAL_ENV_CACHE_DIR"]) / "conda" / _key(env_dir)
     command = CLI + ["build", "-e", "mycart", "-p", str(env_dir), "-b", "mm"]
-    proc = subprocess.Popen(command, start_new_session=True, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not started.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert started.exists() and prefix.exists()
-        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
-        assert proc.wait(30) == 130
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert not prefix.exists()
+    interrupt_build(command, started, prefix, wait=120)
 
 
 # -- serve -----------------------------------------------------------------------

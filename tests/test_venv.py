@@ -1,10 +1,7 @@
 """The venv backend and its lock: real uv, real PyPI packages, a per-session runtime cache."""
 
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +10,8 @@ from portal_env import catalog, config, lock
 from portal_env.errors import BuildError, LockError, SpecError
 from portal_env.runtimes import LogReporter, get
 from portal_env.runtimes.venv import MARKER, VenvBackend, is_complete, runtime_key
+
+from .conftest import interrupt_build
 
 CLI = [sys.executable, "-m", "portal_env.cli"]
 
@@ -158,18 +157,7 @@ def test_interrupted_build_leaves_no_unmarked_runtime(cartpole_dir: Path):
     started = cartpole_dir / "setup-started"
     venv_dir = _setup_dir(cartpole_dir, "import time\nopen('setup-started', 'w')\ntime.sleep(60)\n")
     command = CLI + ["build", "-e", "mycart", "-p", str(cartpole_dir), "-b", "venv"]
-    proc = subprocess.Popen(command, start_new_session=True, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while not started.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert started.exists() and venv_dir.exists()
-        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
-        assert proc.wait(30) == 130
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert not venv_dir.exists()
+    interrupt_build(command, started, venv_dir, wait=60)
 
 
 def test_venv_backend_implements_the_protocols(cartpole_dir: Path):
