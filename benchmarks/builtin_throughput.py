@@ -4,10 +4,10 @@ Usage: python benchmarks/builtin_throughput.py [--steps 3000] [--repeats 3] [--o
 
 For each built-in that runs here, the venv runtime is built (or taken from the
 cache), then the same seeded random actions are stepped:
-- in-process: a timing snippet run by the runtime's own Python, which loads the
-  env's env_main.py (its registrations and settings, not its server) and makes the
-  env with the entry point's factory, so the agent's environment needs none of the
-  env's packages;
+- in-process: this script's --in-process mode, run by the runtime's own Python
+  (the same timing loop as the portal side). It loads the env's env_main.py (its
+  registrations and settings, not its server) and makes the env with the entry
+  point's factory, so the agent's environment needs none of the env's packages;
 - portal: the server started by a Supervisor in this process, an AgentSidePortal
   connected to it on the same host (a Unix socket).
 Resets at episode ends are included in both. The table shows the best of the
@@ -34,29 +34,6 @@ CASES = {
     "flappy-bird": ("FlappyBird-v0", {}),
 }
 
-# Run by the runtime's Python: argv = env_main.py, env_id, kwargs (json), steps, repeats.
-IN_PROCESS = r"""
-import json, runpy, sys, time
-import gymnasium
-main, env_id, kwargs, steps, repeats = sys.argv[1:6]
-namespace = runpy.run_path(main, run_name="portal_env_benchmark")  # registers, no server
-factory = namespace.get("make", gymnasium.make)  # retro's entry point defines make()
-env = factory(env_id, **json.loads(kwargs))
-env.action_space.seed(0)
-actions = [env.action_space.sample() for _ in range(int(steps))]
-best = float("inf")
-for _ in range(int(repeats)):
-    env.reset(seed=0)
-    began = time.perf_counter()
-    for action in actions:
-        _, _, terminated, truncated, _ = env.step(action)
-        if terminated or truncated:
-            env.reset()
-    best = min(best, (time.perf_counter() - began) / len(actions))
-env.close()
-print(json.dumps({"us_per_step": best * 1e6}))
-"""
-
 
 @dataclass
 class Row:
@@ -76,13 +53,13 @@ def runtime_of(name: str) -> Any:
 
 def in_process(runtime: Any, env_id: str, kwargs: Dict, steps: int, repeats: int) -> float:
     """Microseconds per step with the env in the runtime's own Python process."""
-    command = [str(runtime.python), "-c", IN_PROCESS, str(runtime.source.main), env_id]
+    command = [str(runtime.python), __file__, "--in-process", str(runtime.source.main), env_id]
     command += [json.dumps(kwargs), str(steps), str(repeats)]
     done = subprocess.run(
         command,
         capture_output=True,
         text=True,
-        cwd=runtime.source.env_dir,
+        cwd=runtime.source.work_dir,  # as the server runs: env libraries write files there
         env=runtime.environment({}),
         timeout=600,
     )
@@ -116,6 +93,20 @@ def _time_steps(env: Any, steps: int, repeats: int) -> float:
                 env.reset()
         best = min(best, (time.perf_counter() - began) / len(actions))
     return best
+
+
+def in_process_main(main_path: str, env_id: str, kwargs: str, steps: str, repeats: str) -> None:
+    """The --in-process mode, run by the runtime's own Python: time the env, print JSON."""
+    import runpy
+
+    import gymnasium
+
+    namespace = runpy.run_path(main_path, run_name="portal_env_benchmark")  # registers, no server
+    factory = namespace.get("make", gymnasium.make)  # retro's entry point defines make()
+    env = factory(env_id, **json.loads(kwargs))
+    us_per_step = _time_steps(env, int(steps), int(repeats)) * 1e6
+    env.close()
+    print(json.dumps({"us_per_step": us_per_step}))
 
 
 def measure(name: str, steps: int, repeats: int) -> Row:
@@ -155,15 +146,19 @@ def parse() -> argparse.Namespace:
 
 def main() -> None:
     args = parse()
-    os.environ.setdefault("PORTAL_ENV_STATE_DIR", tempfile.mkdtemp(prefix="portal-env-bench-"))
     rows = []
-    for name in args.only.split(","):
-        print(f"measuring {name} ...", file=sys.stderr, flush=True)
-        rows.append(measure(name, args.steps, args.repeats))
+    with tempfile.TemporaryDirectory(prefix="portal-env-bench-") as state:
+        os.environ.setdefault("PORTAL_ENV_STATE_DIR", state)
+        for name in args.only.split(","):
+            print(f"measuring {name} ...", file=sys.stderr, flush=True)
+            rows.append(measure(name, args.steps, args.repeats))
     print(f"{os.cpu_count()} CPUs, {args.steps} steps x {args.repeats} repeats (best), 1 env")
     for line in table(rows):
         print(line)
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--in-process"]:
+        in_process_main(*sys.argv[2:])
+    else:
+        main()
