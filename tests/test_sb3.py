@@ -8,11 +8,13 @@ from portal_env import AgentSidePortal
 
 
 @pytest.mark.slow
-def test_ppo_learns_on_a_portal_env(server):
+def test_ppo_learns_on_a_portal_env(server, tmp_path):
     from stable_baselines3 import PPO
+    from stable_baselines3.common.logger import configure
 
     env = AgentSidePortal(env_name="custom", env_args=["CartPole-v1"], **server.kwargs())
     agent = PPO("MlpPolicy", env, n_steps=256, batch_size=64, n_epochs=2, seed=0, device="cpu")
+    agent.set_logger(configure(str(tmp_path / "sb3"), []))  # else SB3 leaves /tmp/SB3-* dirs
     agent.learn(total_timesteps=1024)
     assert agent.num_timesteps >= 1024
     obs, _ = env.reset(seed=0)
