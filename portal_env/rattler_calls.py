@@ -41,10 +41,20 @@ def solve(
     return _call(request)
 
 
-def install(lock_path: str, platform: str, prefix: str, cache_dir: str) -> None:
-    """Install the conda packages lock_path holds for platform into prefix (hashes checked)."""
+def install(
+    lock_path: str,
+    platform: str,
+    prefix: str,
+    cache_dir: str,
+    alternative_prefix: Optional[str] = None,
+) -> None:
+    """Install the conda packages lock_path holds for platform into prefix (hashes checked).
+
+    With alternative_prefix, the files go to prefix but are made for a prefix at
+    alternative_prefix (the path written into them), e.g. inside an image.
+    """
     request = {"call": "install", "lock": lock_path, "platform": platform}
-    request.update(prefix=prefix, cache_dir=cache_dir)
+    request.update(prefix=prefix, cache_dir=cache_dir, alternative_prefix=alternative_prefix)
     _call(request)
 
 
@@ -126,6 +136,7 @@ def _install(request: Dict[str, Any]) -> None:
             target_prefix=request["prefix"],
             cache_dir=request["cache_dir"],
             show_progress=False,
+            alternative_target_prefix=request.get("alternative_prefix"),
         )
     )
 

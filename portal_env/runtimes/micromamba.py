@@ -249,13 +249,16 @@ def _verify_local_archives(lock_path: Path, platform: str) -> None:
             )
 
 
-def _install_conda_rattler(lock_path: Path, platform: str, prefix: Path) -> None:
+def _install_conda_rattler(
+    lock_path: Path, platform: str, prefix: Path, alternative_prefix: Optional[str] = None
+) -> None:
+    """Install with py-rattler; with alternative_prefix, for a prefix that will live there."""
     from ..rattler_calls import RattlerCallError, install
 
     _verify_local_archives(lock_path, platform)
     logger.debug("installing the conda packages of %s into %s with py-rattler", lock_path, prefix)
     try:
-        install(str(lock_path), platform, str(prefix), str(pkgs_dir()))
+        install(str(lock_path), platform, str(prefix), str(pkgs_dir()), alternative_prefix)
     except RattlerCallError as exc:
         raise BuildError(
             f"could not install the conda packages of {lock_path} into {prefix}: {exc}"
