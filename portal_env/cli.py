@@ -20,12 +20,13 @@ import click
 
 from . import catalog, listing, registry, runtimes, supervisor
 from .errors import PortalEnvError
+from .runtimes.docker import DEFAULT_BASE_IMAGE
 
 DEFAULT_BACKEND_VAR = "PORTAL_ENV_BACKEND"
-DEFAULT_BACKEND = "docker"  # the seed's default; `-b venv` (or $PORTAL_ENV_BACKEND) until then
+DEFAULT_BACKEND = "docker"  # the seed's default
 BACKEND_HELP = (
-    f"Runtime backend (default: ${DEFAULT_BACKEND_VAR}, else {DEFAULT_BACKEND}; "
-    "this version implements venv and micromamba (mm))."
+    "Runtime backend: docker (an image and a container), micromamba/mm (a conda prefix) "
+    f"or venv (default: ${DEFAULT_BACKEND_VAR}, else {DEFAULT_BACKEND})."
 )
 
 
@@ -103,6 +104,23 @@ def main(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
+def _docker_options(command: Any) -> Any:
+    """--base-image and --ca-bundle, which only the docker backend reads."""
+    command = click.option(
+        "--ca-bundle",
+        type=click.Path(dir_okay=False, exists=True, path_type=Path),
+        default=None,
+        help="docker: a CA bundle put in the build context as portal-env-ca.pem "
+        "(for a package index behind a corporate CA).",
+    )(command)
+    return click.option(
+        "--base-image",
+        default=None,
+        help="docker: base image (a Dockerfile.env's `ARG BASE_IMAGE`; for an image made "
+        f"from a conda lockfile, default {DEFAULT_BASE_IMAGE}).",
+    )(command)
+
+
 @main.command()
 @click.argument("name")
 @_backend_option()
@@ -110,8 +128,16 @@ def main(verbose: int) -> None:
 @click.option("-d", "--detach", is_flag=True, help="Run in the background; stop with `stop`.")
 @click.option("-f", "--force", is_flag=True, help="Rebuild the runtime even if it is cached.")
 @click.option("--ready-timeout", default=120.0, show_default=True, help="Seconds to wait.")
+@_docker_options
 def start(
-    name: str, backend: str, path: Optional[Path], detach: bool, force: bool, ready_timeout: float
+    name: str,
+    backend: str,
+    path: Optional[Path],
+    detach: bool,
+    force: bool,
+    ready_timeout: float,
+    base_image: Optional[str],
+    ca_bundle: Optional[Path],
 ) -> None:
     """Build (if needed) and serve env NAME until Ctrl-C, or in the background with -d.
 
@@ -120,10 +146,11 @@ def start(
     with _errors():
         source = catalog.find(name, path)
         _refuse_running(name)
-        runtime = _ensure(source, backend, force)
+        docker_options = {"base_image": base_image, "ca_bundle": ca_bundle}
+        runtime = _ensure(source, backend, force, **docker_options)
         policy = supervisor.Policy(ready_timeout=ready_timeout)
         if detach:
-            _start_detached(source, backend, path, policy)
+            _start_detached(source, backend, path, policy, docker_options)
         else:
             _serve(source, runtime, policy)
 
@@ -133,13 +160,22 @@ def start(
 @_backend_option()
 @_path_option
 @click.option("-f", "--force", is_flag=True, help="Rebuild even if the runtime is cached.")
-def build(name: str, backend: str, path: Optional[Path], force: bool) -> None:
+@_docker_options
+def build(
+    name: str,
+    backend: str,
+    path: Optional[Path],
+    force: bool,
+    base_image: Optional[str],
+    ca_bundle: Optional[Path],
+) -> None:
     """Build the runtime of an env without serving it (cached: a second build is instant).
 
     Example: portal-env build -e mycart -p ./my_env -b venv
     """
     with _errors():
-        runtime = _ensure(catalog.find(name, path), backend, force)
+        source = catalog.find(name, path)
+        runtime = _ensure(source, backend, force, base_image=base_image, ca_bundle=ca_bundle)
         click.echo(f"{name}: {runtime.backend} runtime ready at {runtime.location}")
 
 
@@ -179,30 +215,24 @@ def list_builtins() -> None:
     """
     with _errors():
         entries = listing.builtin_entries()
-        rows = [[e.name, ", ".join(_mark(b) for b in e.backends), e.venv_lock] for e in entries]
+        rows = [[e.name, ", ".join(e.backends), e.venv_lock] for e in entries]
         for line in _table([["NAME", "BACKENDS", "VENV LOCK"]] + rows):
             click.echo(line)
-        if any("*" in row[1] for row in rows):
-            click.echo("* not available in this version of portal-env")
-
-
-def _mark(backend: str) -> str:
-    return backend if backend in runtimes.AVAILABLE else f"{backend}*"
 
 
 @main.command()
 def ps() -> None:
-    """List running portals: name, backend, address, pid, uptime, restarts.
+    """List running portals: name, backend, address, server pid or container, uptime, restarts.
 
     Example: portal-env ps
     """
     with _errors():
         rows = [
-            [r.name, r.backend, r.address or "-", str(r.server_pid or "-"), _uptime(r)]
-            + [str(r.restarts), r.state]
+            [r.name, r.backend, r.address or "-", str(r.server_pid or r.container or "-")]
+            + [_uptime(r), str(r.restarts), r.state]
             for r in registry.all_records()
         ]
-        header = ["NAME", "BACKEND", "ADDRESS", "PID", "UPTIME", "RESTARTS", "STATE"]
+        header = ["NAME", "BACKEND", "ADDRESS", "SERVER", "UPTIME", "RESTARTS", "STATE"]
         for line in _table([header] + rows):
             click.echo(line)
 
@@ -238,10 +268,82 @@ def stop(name: Optional[str], stop_all: bool, timeout: float) -> None:
     with _errors():
         if bool(name) == stop_all:
             raise click.UsageError("give a portal NAME or --all (not both)")
+        if not stop_all and registry.get(catalog.check_name(name)) is None:
+            if f"env_portal_{name}" in _reap_containers():
+                click.echo(f"removed the container of {name}, whose supervisor was killed")
+                return
         records = registry.all_records() if stop_all else [_running(name)]
         for record in records:
             _stop(record, timeout)
             click.echo(f"stopped {record.name}")
+        if stop_all:
+            for container in _reap_containers():
+                click.echo(f"removed {container}, whose supervisor was killed")
+
+
+@main.command()
+@click.argument("name")
+@_path_option
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="The OCI image archive to write (written whole or not at all).",
+)
+@click.option(
+    "--base",
+    type=click.Path(exists=True, path_type=Path),
+    required=True,
+    help="The base layer(s): a rootfs directory or tarball, a `docker save` archive or an "
+    "OCI archive. It must provide the C library the prefix's Python needs.",
+)
+@click.option("--tag", default=None, help="Image name:tag (default: portal-env/NAME:<hash>).")
+def export(name: str, path: Optional[Path], output: Path, base: Path, tag: Optional[str]) -> None:
+    """Write env NAME's locked conda prefix over a base as an OCI image archive, without a
+    Docker daemon; for docker/podman load, Kubernetes and Apptainer.
+
+    \b
+    Example: portal-env export mycart -p ./my_env --base rootfs.tar -o mycart.tar
+    Then:    docker load -i mycart.tar   or   apptainer build mycart.sif oci-archive://mycart.tar
+    """
+    with _errors():
+        from . import export as exporting
+
+        reporter = Reporter()
+        with reporter.active():
+            result = exporting.export_image(
+                catalog.find(name, path), output, base, tag=tag, reporter=reporter
+            )
+        click.echo(f"{result.path}: {result.tag} ({result.size / 2**20:.0f} MiB)")
+
+
+@main.command()
+@click.argument("name")
+@click.option("--file", "as_file", is_flag=True, help="Print the path of a 0600 token file.")
+def token(name: str, as_file: bool) -> None:
+    """Print the token of running portal NAME, for an agent that has no access to the
+    registry (an agent in a container).
+
+    \b
+    Example: docker run --network portal_env_net
+    -v "$(portal-env token mycart --file)":/run/portal-env/token:ro
+    -e PORTAL_ENV_TOKEN_FILE=/run/portal-env/token my-agent-image
+    """
+    with _errors():
+        record = _running(name)
+        if not as_file:
+            click.echo(record.token)
+            return
+        from .runtimes import docker
+
+        path = docker.token_file(record.name)
+        if not path.is_file():
+            raise click.ClickException(
+                f"portal {name!r} ({record.backend}) has no token file; only docker portals "
+                f"keep one. Pass the token instead: PORTAL_ENV_TOKEN=$(portal-env token {name})"
+            )
+        click.echo(str(path))
 
 
 # -- helpers -----------------------------------------------------------------
@@ -259,10 +361,21 @@ def _errors() -> Iterator[None]:
         sys.exit(130)
 
 
-def _ensure(source: catalog.EnvSource, backend: str, force: bool) -> runtimes.Runtime:
+def _ensure(
+    source: catalog.EnvSource,
+    backend: str,
+    force: bool,
+    base_image: Optional[str] = None,
+    ca_bundle: Optional[Path] = None,
+) -> runtimes.Runtime:
+    chosen = runtimes.get(backend)
+    if base_image or ca_bundle:
+        if chosen.name != "docker":
+            raise click.UsageError("--base-image and --ca-bundle apply to -b docker only")
+        chosen.base_image, chosen.ca_bundle = base_image, ca_bundle  # type: ignore[attr-defined]
     reporter = Reporter()
     with reporter.active():
-        return runtimes.get(backend).ensure(source, force=force, reporter=reporter)
+        return chosen.ensure(source, force=force, reporter=reporter)
 
 
 def _refuse_running(name: str) -> None:
@@ -306,11 +419,13 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def _start_detached(
-    source: catalog.EnvSource, backend: str, path: Optional[Path], policy: Any
+    source: catalog.EnvSource, backend: str, path: Optional[Path], policy: Any, docker: dict
 ) -> None:
     """Start a supervisor in a new session and wait until the registry shows it ready."""
     command = [sys.executable, "-m", "portal_env.cli", "start", source.name, "-b", backend]
     command += ["-p", str(path)] if path is not None else []
+    for option, value in docker.items():
+        command += [f"--{option.replace('_', '-')}", str(value)] if value else []
     command += ["--ready-timeout", str(policy.ready_timeout)]
     out_path = registry.logs_dir() / f"{source.name}.supervisor.log"
     fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -363,6 +478,20 @@ def _stop(record: registry.Record, timeout: float) -> None:
         with contextlib.suppress(OSError):
             os.killpg(record.server_pid, signal.SIGKILL)
     registry.release(record.name, record.supervisor_pid)
+    if record.container:  # a container outlives its SIGKILLed supervisor: reap it
+        _reap_containers()
+
+
+def _reap_containers() -> List[str]:
+    """Remove this user's portal containers whose supervisor is gone; their names.
+    Nothing to do (and no error) where no Docker daemon answers."""
+    from .errors import BackendUnavailableError
+    from .runtimes import docker
+
+    try:
+        return docker.reap_orphans(docker.client())
+    except BackendUnavailableError:
+        return []
 
 
 def _kill(pid: int, signum: int) -> None:

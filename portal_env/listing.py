@@ -1,8 +1,8 @@
 """What `portal-env ls` shows: each built-in env, the backends its files support, its locks.
 
 The backends come from the files present, never from a table: a spec supports
-micromamba, and venv too when it asks for nothing but Python and pip packages;
-a Dockerfile.env supports docker.
+micromamba and docker (an image made from its conda lockfile), and venv too when
+it asks for nothing but Python and pip packages; a Dockerfile.env alone supports docker.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def backends(source: EnvSource) -> List[str]:
         if not lock.read_spec(source.spec).ignored:  # pip packages only: a venv can hold it
             found.append("venv")
         found.append("micromamba")
-    if source.dockerfile is not None:
+    if source.dockerfile is not None or source.spec is not None:
         found.append("docker")
     return found
 

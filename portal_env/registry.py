@@ -40,6 +40,7 @@ class Record:
         supervisor_pid: Pid of the supervising `portal-env start` process.
         supervisor_start: That process's start time (from /proc; "" where unknown).
         server_pid: Pid of the server (None for a server that is not a local process).
+        container: Name of the server's container ("" for a local process).
         log_path: The server's log file.
         started_at: When the portal was started (seconds since the epoch).
         restarts: How many times the supervisor restarted the server.
@@ -55,6 +56,7 @@ class Record:
     address: str = ""
     supervisor_start: str = ""
     server_pid: Optional[int] = None
+    container: str = ""
     started_at: float = dataclasses.field(default_factory=time.time)
     restarts: int = 0
     state: str = STARTING

@@ -188,14 +188,24 @@ class Supervisor:
                     f"the server of portal {self.name!r} exited with code {code} before it "
                     f"was ready. Its output ({self.log_path}):\n{self._output_since(offset)}"
                 )
-            if self.ready_file.exists() and self._answers(self.ready_file.read_text().strip()):
-                return wire.Address.parse(self.ready_file.read_text().strip())
+            address = self._reported_address(handle)
+            if address is not None and self._answers(address):
+                return wire.Address.parse(address)
             time.sleep(0.02)
         raise ServerStartError(
             f"the server of portal {self.name!r} did not answer within "
             f"{self.policy.ready_timeout:.0f}s. Last lines of {self.log_path}:\n"
             f"{tail(self.log_path, 30)}"
         )
+
+    def _reported_address(self, handle: ServerHandle) -> Optional[str]:
+        """Where the server listens: fixed by the runtime (a container's published port),
+        else what the server wrote to its ready file once it was listening."""
+        if handle.address is not None:
+            return str(handle.address)
+        if self.ready_file.exists():
+            return self.ready_file.read_text().strip()
+        return None
 
     def _answers(self, text: str) -> bool:
         try:
@@ -223,6 +233,7 @@ class Supervisor:
             os.getpid(),
             address=str(self.address),
             server_pid=self.handle.pid,
+            container="" if self.handle.pid else self.handle.ident,
             state=registry.READY,
             restarts=self.record.restarts,
         )

@@ -1,8 +1,9 @@
 """A local `file://` conda channel of real packages, made at test time (no conda-forge here).
 
-- `python`: symlinks to this machine's interpreter plus a `pyvenv.cfg` at the
-  prefix root, which makes the prefix's `bin/python` an isolated interpreter
-  whose `sys.prefix` is the prefix (the way a venv works).
+- `python`: symlinks to this machine's interpreter (or to a given one, e.g.
+  `/usr/bin/python3.11`, which is also in the Docker tests' bookworm base image)
+  plus a `pyvenv.cfg` at the prefix root, which makes the prefix's `bin/python`
+  an isolated interpreter whose `sys.prefix` is the prefix (the way a venv works).
 - noarch python packages repackaged from real pure-Python wheels
   (`cloudpickle`, `typing-extensions`, `farama-notifications`).
 - `portal-test-activate`: a noarch generic package whose only file is an
@@ -23,7 +24,7 @@ import sys
 import tarfile
 import zipfile
 from pathlib import Path
-from typing import Dict, List, Tuple, Union
+from typing import Dict, List, NamedTuple, Optional, Tuple, Union
 
 WHEELS = ("cloudpickle==3.1.1", "typing-extensions==4.12.2", "farama-notifications==0.0.4")
 TIMESTAMP = 1_700_000_000_000  # ms; fixed, so the channel (and every lock of it) is stable
@@ -39,9 +40,17 @@ def subdir() -> str:
     return str(rattler.Subdir.current())
 
 
-def build_channel(root: Path) -> Path:
-    """Make (once) and index the channel under root; returns the channel directory."""
+def build_channel(root: Path, python: Optional[Union[str, Path]] = None) -> Path:
+    """Make (once) and index the channel under root; returns the channel directory.
+
+    python: an interpreter for the `python` package to point at instead of this one
+    (its version is asked from it); that channel is root/channel-<version>-<hash of path>.
+    """
+    interpreter = _interpreter(python)
     channel = root / "channel"
+    if python is not None:
+        digest = hashlib.sha256(str(interpreter.path).encode()).hexdigest()[:12]
+        channel = root / f"channel-{interpreter.version}-{digest}"
     if (channel / "noarch" / "repodata.json").is_file():
         return channel
     wheels = root / "wheels"
@@ -49,7 +58,7 @@ def build_channel(root: Path) -> Path:
     platform = subdir()
     for name in (platform, "noarch"):
         (channel / name).mkdir(parents=True, exist_ok=True)
-    _write_python(channel / platform, platform)
+    _write_python(channel / platform, platform, interpreter)
     for wheel in sorted(wheels.glob("*.whl")):
         _write_noarch_from_wheel(channel / "noarch", wheel)
     _write_activate_package(channel / "noarch")
@@ -69,10 +78,35 @@ def _download_wheels(target: Path) -> None:
     subprocess.run(command, check=True, capture_output=True)
 
 
-def _write_python(target: Path, platform: str) -> None:
-    version = "{}.{}.{}".format(*sys.version_info[:3])
-    short = "{}.{}".format(*sys.version_info[:2])
-    host = Path(sys.executable).resolve()
+class Interpreter(NamedTuple):
+    path: Path  # the real executable (symlinks resolved; a venv's base interpreter)
+    version: str  # e.g. 3.11.2
+
+
+def _interpreter(python: Optional[Union[str, Path]]) -> Interpreter:
+    if python is None:
+        return Interpreter(Path(sys.executable).resolve(), "{}.{}.{}".format(*sys.version_info))
+    # Asked from the interpreter itself: a venv's python must point at its base, and
+    # `home` in pyvenv.cfg must be the directory of the real binary, which the stdlib
+    # is found from (lib/pythonX.Y next to its bin/).
+    script = (
+        "import os, sys; print(os.path.realpath(getattr(sys, '_base_executable', '')"
+        " or sys.executable)); print('%d.%d.%d' % sys.version_info[:3])"
+    )
+    try:
+        done = subprocess.run([str(python), "-c", script], capture_output=True, text=True)
+    except OSError as error:
+        raise ValueError(f"cannot run the interpreter {python} for the channel: {error}") from None
+    lines = done.stdout.split()
+    if done.returncode != 0 or len(lines) != 2:
+        raise ValueError(f"interpreter {python} did not report its path and version: {done.stderr}")
+    return Interpreter(Path(lines[0]), lines[1])
+
+
+def _write_python(target: Path, platform: str, interpreter: Interpreter) -> None:
+    version = interpreter.version
+    short = ".".join(version.split(".")[:2])
+    host = interpreter.path
     files: Dict[str, File] = {
         f"bin/python{short}": ("symlink", str(host)),
         "bin/python3": ("symlink", f"python{short}"),
@@ -143,3 +177,31 @@ def _add(tar: tarfile.TarFile, name: str, content: File) -> None:
     else:
         member.size, member.mode = len(content), 0o644
         tar.addfile(member, io.BytesIO(content))
+
+
+def write_spec(
+    env_dir: Path,
+    channel: Path,
+    conda=("cloudpickle",),
+    pip=("gymnasium",),
+    python: str = "{}.{}".format(*sys.version_info[:2]),
+) -> Path:
+    """A spec.yml in env_dir: python plus conda packages of channel, and a pip section."""
+    lines = ["channels:", f"  - {channel.as_uri()}", "dependencies:", f"  - python={python}"]
+    lines += [f"  - {dep}" for dep in conda] + ["  - pip:"] + [f"      - {dep}" for dep in pip]
+    (env_dir / "spec.yml").write_text("\n".join(lines) + "\n")
+    return env_dir / "spec.yml"
+
+
+def locked_cartpole(env_dir: Path, channel: Path, **spec: object) -> Path:
+    """env_dir made a CartPole env (the example's env_main.py) with a spec of channel,
+    conda-locked by the tool (`portal-env lock -b mm`)."""
+    env_dir.mkdir(parents=True)
+    example = Path(__file__).resolve().parent.parent / "examples" / "cartpole_env"
+    (env_dir / "env_main.py").write_bytes((example / "env_main.py").read_bytes())
+    write_spec(env_dir, channel, **spec)
+    command = [sys.executable, "-m", "portal_env.cli", "lock", "mycart", "-p", str(env_dir)]
+    done = subprocess.run(command + ["-b", "mm"], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"locking {env_dir} failed:\n{done.stderr}")
+    return env_dir

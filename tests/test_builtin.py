@@ -83,8 +83,11 @@ def test_backends_follow_the_files(tmp_path):
     env_dir.mkdir()
     (env_dir / "env_main.py").write_text("")
     assert listing.backends(catalog.find("e", env_dir)) == []
+    (env_dir / "Dockerfile.env").write_text("FROM scratch\n")
+    assert listing.backends(catalog.find("e", env_dir)) == ["docker"]
+    (env_dir / "Dockerfile.env").unlink()
     (env_dir / "spec.yml").write_text("dependencies:\n  - python=3.11\n  - pip:\n      - gym\n")
-    assert listing.backends(catalog.find("e", env_dir)) == ["venv", "micromamba"]
+    assert listing.backends(catalog.find("e", env_dir)) == ["venv", "micromamba", "docker"]
     (env_dir / "spec.yml").write_text("dependencies:\n  - python=3.11\n  - cmake\n")
     (env_dir / "Dockerfile.env").write_text("FROM scratch\n")
     assert listing.backends(catalog.find("e", env_dir)) == ["micromamba", "docker"]

@@ -163,7 +163,7 @@ def test_build_is_cached_and_f_rebuilds(cartpole_dir: Path):
     "args, code, message",
     [
         (["start", "atri", "-b", "venv"], 1, "Error: Unknown env 'atri'; known: "),
-        (["start", "mycart", "-p", "{dir}"], 1, "docker backend is not available yet"),
+        (["start", "mycart", "-p", "{dir}"], 1, "cannot reach the Docker daemon at unix:///no"),
         (["lock", "mycart", "-p", "{dir}", "--platform", "nope-64"], 1, "unknown platform"),
         (["start", "mycart", "-b", "conda"], 2, "Invalid value for '-b'"),
         (["stop"], 2, "give a portal NAME or --all"),
@@ -177,7 +177,7 @@ def test_errors_and_exit_codes(
 ):
     (tmp_path / "empty").mkdir()
     args = [a.format(dir=cartpole_dir, empty=tmp_path / "empty") for a in args]
-    env = dict(os.environ)
+    env = dict(os.environ, DOCKER_HOST="unix:///nonexistent/docker.sock")
     env.pop("PORTAL_ENV_BACKEND", None)
     done = subprocess.run(CLI + args, capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == code and message in done.stderr, done.stderr

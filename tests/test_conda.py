@@ -20,7 +20,7 @@ from portal_env.runtimes import Backend, LogReporter, Runtime, get
 from portal_env.runtimes.base import ProcessHandle
 from portal_env.runtimes.micromamba import MARKER, MicromambaBackend, micromamba_exe
 
-from .conda_channel import ACTIVATE_VAR, build_channel
+from .conda_channel import ACTIVATE_VAR, build_channel, locked_cartpole, write_spec
 from .conftest import interrupt_build, wait_gone
 
 pytestmark = pytest.mark.conda
@@ -39,13 +39,6 @@ class Notes(LogReporter):
         self.notes.append(message)
 
 
-def write_spec(env_dir: Path, channel: Path, conda=("cloudpickle",), pip=("gymnasium",)) -> Path:
-    lines = ["channels:", f"  - {channel.as_uri()}", "dependencies:", f"  - python={PY}"]
-    lines += [f"  - {dep}" for dep in conda] + ["  - pip:"] + [f"      - {dep}" for dep in pip]
-    (env_dir / "spec.yml").write_text("\n".join(lines) + "\n")
-    return env_dir / "spec.yml"
-
-
 def cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     return subprocess.run(CLI + list(args), capture_output=True, text=True, timeout=timeout)
 
@@ -59,12 +52,7 @@ def channel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def locked_template(channel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An env dir (CartPole env_main.py, spec.yml) locked once per session."""
     env_dir = tmp_path_factory.mktemp("conda-env") / "cartpole"
-    env_dir.mkdir()
-    shutil.copy(ROOT / "examples" / "cartpole_env" / "env_main.py", env_dir)
-    write_spec(env_dir, channel, conda=("cloudpickle", "portal-test-activate"))
-    done = cli("lock", "mycart", "-p", str(env_dir), "-b", "mm")
-    assert done.returncode == 0, done.stderr
-    return env_dir
+    return locked_cartpole(env_dir, channel, conda=("cloudpickle", "portal-test-activate"))
 
 
 @pytest.fixture

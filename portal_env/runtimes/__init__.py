@@ -15,8 +15,8 @@ from .base import Backend, LogReporter, ProcessHandle, Reporter, Runtime, Server
 AVAILABLE: Dict[str, str] = {
     "venv": "portal_env.runtimes.venv:VenvBackend",
     "micromamba": "portal_env.runtimes.micromamba:MicromambaBackend",
+    "docker": "portal_env.runtimes.docker:DockerBackend",
 }
-PLANNED = ("docker",)  # named in the CLI contract; it comes in a later version
 ALIASES = {"mm": "micromamba"}
 
 __all__ = [
@@ -34,13 +34,13 @@ __all__ = [
 
 def choices() -> List[str]:
     """Every backend name the CLI accepts, aliases included."""
-    return sorted(set(AVAILABLE) | set(PLANNED) | set(ALIASES))
+    return sorted(set(AVAILABLE) | set(ALIASES))
 
 
 def canonical(name: str) -> str:
     """The backend's own name for name or an alias ('mm' -> 'micromamba')."""
     name = ALIASES.get(name, name)
-    if name not in AVAILABLE and name not in PLANNED:
+    if name not in AVAILABLE:
         raise BackendUnavailableError(
             f"unknown backend {name!r}; choose one of: {', '.join(choices())}"
         )
@@ -48,13 +48,6 @@ def canonical(name: str) -> str:
 
 
 def get(name: str) -> Backend:
-    """The backend called name (or an alias); a clear error if it is not available yet."""
-    name = canonical(name)
-    if name not in AVAILABLE:
-        ready = ", ".join(sorted(AVAILABLE))
-        raise BackendUnavailableError(
-            f"the {name} backend is not available yet in this version; available: {ready}. "
-            "Use -b venv for an env whose spec.yml has a pip: section."
-        )
-    module, _, attr = AVAILABLE[name].partition(":")
+    """The backend called name (or an alias)."""
+    module, _, attr = AVAILABLE[canonical(name)].partition(":")
     return getattr(importlib.import_module(module), attr)()

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO, List, Mapping, Optional, Protocol, Sequence, runtime_checkable
 
 from ..catalog import EnvSource
+from ..wire import Address
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,11 @@ class ServerHandle(Protocol):
     @property
     def ident(self) -> str:
         """A human-readable id: 'pid 1234', or a container id."""
+
+    @property
+    def address(self) -> Optional[Address]:
+        """Where the server will listen, if the runtime fixed it (a container's published
+        port); None when the server reports it in its ready file."""
 
     def poll(self) -> Optional[int]:
         """The exit code if the server has exited, else None."""
@@ -135,6 +141,10 @@ class ProcessHandle:
     @property
     def ident(self) -> str:
         return f"pid {self.proc.pid}"
+
+    @property
+    def address(self) -> Optional[Address]:
+        return None
 
     def poll(self) -> Optional[int]:
         return self.proc.poll()
