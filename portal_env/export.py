@@ -20,6 +20,7 @@ import hashlib
 import logging
 import re
 import shutil
+import struct
 import tempfile
 import time
 from dataclasses import dataclass
@@ -228,7 +229,37 @@ def stage_prefix(
         command = [str(runtime.python), str(source.setup_script)]
         _run(command, f"run {source.setup_script}", cwd=source.work_dir, env=env)
     rewrite_shebangs(staging / "bin", str(staging), PREFIX)
+    align_bytecode(staging, oci.MTIME)
     return {key: value.replace(str(staging), PREFIX) for key, value in activation.items()}
+
+
+_PYC_HEADER = struct.Struct("<4sIII")  # magic, flags (0: checked by timestamp), mtime, size
+
+
+def align_bytecode(root: Path, mtime: int) -> int:
+    """Keep root's timestamp-checked .pyc files valid once every source's mtime is mtime
+    (as in the image's layers): otherwise Python would recompile them, e.g. the
+    stdlib's, in every new container. Only a .pyc that matches its source now is
+    changed, and it is replaced, not edited (it may be a hardlink into the package
+    cache). Returns how many were changed."""
+    changed = 0
+    for pyc in root.rglob("__pycache__/*.pyc"):
+        source = pyc.parent.parent / (pyc.name.split(".", 1)[0] + ".py")
+        try:
+            stat = source.stat()
+            data = pyc.read_bytes()
+        except OSError:
+            continue
+        if len(data) < _PYC_HEADER.size:
+            continue
+        magic, flags, stamp, size = _PYC_HEADER.unpack_from(data)
+        if flags or stamp != int(stat.st_mtime) & 0xFFFFFFFF or size != stat.st_size & 0xFFFFFFFF:
+            continue
+        tmp = pyc.with_name(f".{pyc.name}.portal-env-tmp")
+        tmp.write_bytes(_PYC_HEADER.pack(magic, 0, mtime, size) + data[_PYC_HEADER.size :])
+        tmp.replace(pyc)
+        changed += 1
+    return changed
 
 
 def rewrite_shebangs(bin_dir: Path, old: str, new: str) -> List[Path]:

@@ -213,3 +213,31 @@ def test_ctrl_c_while_staging_leaves_no_staging_or_archive(env_dir: Path, rootfs
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert list((cache / "export-tmp").iterdir()) == [] and not out.exists()
+
+
+def test_bytecode_stays_valid_for_the_images_fixed_mtimes(tmp_path: Path):
+    """Layers give every file mtime oci.MTIME; a .pyc checked by timestamp must say so too,
+    or Python recompiles it in every new container. A stale .pyc is left stale."""
+    import py_compile
+
+    package = tmp_path / "prefix" / "lib" / "pkg"
+    package.mkdir(parents=True)
+    fresh, stale = package / "fresh.py", package / "stale.py"
+    fresh.write_text("X = 1\n")
+    stale.write_text("Y = 1\n")
+    for source in (fresh, stale):
+        py_compile.compile(str(source), doraise=True)
+    stale.write_text("Y = 22\n")  # changed after compiling: its .pyc no longer matches
+    assert export.align_bytecode(tmp_path / "prefix", oci.MTIME) == 1
+
+    layer = oci.layer_from_dir(tmp_path / "prefix", "/p", tmp_path / "blobs")
+    out = tmp_path / "unpacked"
+    with tarfile.open(layer.path) as tar:
+        tar.extractall(out)
+    for name, valid in (("fresh", True), ("stale", False)):
+        source = out / "p" / "lib" / "pkg" / f"{name}.py"
+        (pyc,) = (source.parent / "__pycache__").glob(f"{name}.*.pyc")
+        header = pyc.read_bytes()[:16]
+        stamp, size = int.from_bytes(header[8:12], "little"), int.from_bytes(header[12:], "little")
+        assert source.stat().st_mtime == oci.MTIME
+        assert (stamp == oci.MTIME and size == source.stat().st_size) is valid
