@@ -406,7 +406,7 @@ def _serve(source: catalog.EnvSource, runtime: runtimes.Runtime, policy: Any) ->
                 record = sup.start()
             click.echo(
                 f"portal {record.name!r} ready at {record.address} "
-                f"({record.backend}, pid {record.server_pid}) — Ctrl-C to stop",
+                f"({record.backend}, {_server(record)}) — Ctrl-C to stop",
             )
             sys.stdout.flush()
             sup.watch()
@@ -438,7 +438,7 @@ def _start_detached(
         record = _wait_detached(source.name, proc, out_path, policy.ready_timeout + 30)
     click.echo(
         f"portal {record.name!r} ready at {record.address} ({record.backend}, "
-        f"pid {record.server_pid}); stop it with: portal-env stop {record.name}"
+        f"{_server(record)}); stop it with: portal-env stop {record.name}"
     )
 
 
@@ -458,6 +458,10 @@ def _wait_detached(
         time.sleep(0.05)
     proc.terminate()
     raise click.ClickException(f"portal {name!r} was not ready in time; see {out_path}")
+
+
+def _server(record: registry.Record) -> str:
+    return f"pid {record.server_pid}" if record.server_pid else f"container {record.container}"
 
 
 def _supervisor_output(path: Path) -> str:

@@ -46,7 +46,7 @@ def client() -> Iterator[Any]:
     """The daemon; the images the tests built are removed after them (the base stays)."""
     docker_client = dockerhost.client()
     yield docker_client
-    for repository in ("portal-env/cart", "portal-env/ale"):
+    for repository in ("portal-env/cart", "portal-env/ale", "portal-env/cartpole"):
         for image in docker_client.images.list(repository):
             docker_client.images.remove(image.id, force=True)
 
@@ -79,6 +79,7 @@ def start(env_dir: Path, base: str, *extra: str, name: str = "cart") -> registry
     args = ["start", name, "-p", str(env_dir), "-b", "docker", "--base-image", base, "-d"]
     done = cli(*args, *extra)
     assert done.returncode == 0, done.stderr
+    assert f"(docker, container env_portal_{name})" in done.stdout
     record = registry.get(name)
     assert record is not None and record.state == "ready"
     return record
@@ -280,6 +281,22 @@ def test_daemon_down_is_a_clear_error(env_dir: Path):
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "cannot reach the Docker daemon at unix:///nonexistent/docker.sock" in done.stderr
     assert "-b mm" in done.stderr and "-b venv" in done.stderr
+
+
+@pytest.mark.slow
+def test_readme_example_env_serves_from_its_dockerfile(client: Any, base: str):
+    example = Path(__file__).resolve().parent.parent / "examples" / "cartpole_env"
+    args = ["-p", str(example), "-b", "docker", "--base-image", base, "-d"]
+    done = cli("start", "cartpole", *args)
+    assert done.returncode == 0, done.stderr
+    agent = subprocess.run(
+        [sys.executable, str(example.parent / "random_agent.py"), "cartpole"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert agent.returncode == 0 and "episode 2: return" in agent.stdout, agent.stderr
+    assert cli("stop", "cartpole").returncode == 0 and ours(client) == []
 
 
 @pytest.mark.slow
