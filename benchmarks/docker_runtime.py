@@ -7,8 +7,8 @@ makes it with debootstrap once and caches it).
 The env is examples/cartpole_env's env_main.py with a Dockerfile.env that installs
 gymnasium, numpy and msgpack from a wheelhouse over the local bookworm base image.
 Rows (medians of --repeat runs, min-max in brackets):
-- build: `portal-env build -b docker -f` (the Dockerfile's layers are in Docker's cache, so
-  this is portal-env's context upload and tagging plus Docker's cached steps);
+- build: `portal-env build -b docker -f`, which runs every Dockerfile step again (no layer
+  cache; pip installs from the wheelhouse);
 - warm start: `portal-env start -d` until ready with the image cached, for docker and, on
   the same env, for the venv backend;
 - CartPole steps/s: in-process; through the docker portal at the address the registry
@@ -131,7 +131,7 @@ def run(client, base: str, env_dir: Path, repeat: int, seconds: float) -> Dict[s
     )
     timed("stop", "bench")
     base_rate = statistics.median(rates["in-process"])
-    rows = {"build, cached layers (s)": cell(build, ".2f")}
+    rows = {"build -f, no layer cache (s)": cell(build, ".2f")}
     rows.update({f"warm start to ready, {k} (s)": cell(v, ".2f") for k, v in warm.items()})
     for name, values in rates.items():
         ratio = statistics.median(values) / base_rate

@@ -152,8 +152,12 @@ def test_second_start_reuses_the_image_and_force_rebuilds(client: Any, env_dir: 
     (env_dir / "env_main.py").write_text(ENV_MAIN + "# changed\n")
     changed = cli(*args)
     assert "built image" in changed.stderr and changed.stdout != first.stdout
-    forced = cli(*args, "-f")
+    tag = changed.stdout.strip().rsplit(" ", 1)[-1]
+    replaced = client.images.get(tag).id
+    forced = cli(*args, "-f")  # every step again, without Docker's layer cache
     assert forced.returncode == 0 and "built image" in forced.stderr
+    assert client.images.get(tag).id != replaced  # and the image it replaced is gone:
+    assert replaced not in [image.id for image in client.images.list(all=True)]
 
 
 def test_failing_build_shows_the_failing_step_and_its_output(env_dir: Path, base: str, client):

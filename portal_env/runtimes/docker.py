@@ -169,8 +169,10 @@ def build_dockerfile_image(
     args: Mapping[str, str],
     ca_bundle: Optional[Path],
     reporter: Reporter,
+    no_cache: bool = False,
 ) -> None:
-    """Build source's Dockerfile.env as tag; a BuildError with the failing step's output."""
+    """Build source's Dockerfile.env as tag; a BuildError with the failing step's output.
+    no_cache (for -f) runs every step again, e.g. to take newer packages from an index."""
     import docker
 
     reporter.status(f"building image {tag} from {source.dockerfile}")
@@ -184,6 +186,7 @@ def build_dockerfile_image(
             tag=tag,
             buildargs={**proxy_args(), **args},
             labels={LABEL_PORTAL: source.name, LABEL_INPUTS: tag.rsplit(":", 1)[1]},
+            nocache=no_cache,
             rm=True,
             forcerm=True,  # no intermediate containers left behind, even on failure
             network_mode="host",  # a proxy on this host's loopback works during the build
@@ -220,15 +223,30 @@ def _short(exc: BaseException) -> str:
     return text[-1] if text else type(exc).__name__
 
 
-def image_exists(docker_client: Any, tag: str) -> bool:
-    """Whether the daemon has an image tagged tag."""
+def image_id(docker_client: Any, tag: str) -> Optional[str]:
+    """The id of the image tagged tag, or None if the daemon has none."""
     import docker
 
     try:
-        docker_client.images.get(tag)
+        return docker_client.images.get(tag).id
     except docker.errors.ImageNotFound:
-        return False
-    return True
+        return None
+
+
+def image_exists(docker_client: Any, tag: str) -> bool:
+    """Whether the daemon has an image tagged tag."""
+    return image_id(docker_client, tag) is not None
+
+
+def _remove_untagged(docker_client: Any, image: str) -> None:
+    """Remove an image a rebuild left without a tag, unless a container still uses it."""
+    import docker
+
+    try:
+        if not docker_client.images.get(image).tags:
+            docker_client.images.remove(image)
+    except docker.errors.APIError:  # in use, or gone already
+        pass
 
 
 # -- runtime and containers ----------------------------------------------------------------
@@ -412,7 +430,7 @@ class ContainerHandle:
         binding = container.ports[f"{SERVER_PORT}/tcp"][0]
         self.published = wire.Address(host=binding["HostIp"], port=int(binding["HostPort"]))
         # Agents on this host use the container's own address when the host sits on the
-        # bridge: docker-proxy, which relays the published port, costs 2.5x in steps/s.
+        # bridge: docker-proxy, which relays the published port, costs 2.4x in steps/s.
         self.address: Optional[wire.Address] = _direct_address(container) or self.published
         self._follower = threading.Thread(target=self._follow, args=(log,), daemon=True)
         self._follower.start()
@@ -514,9 +532,14 @@ class DockerBackend:
         if ca_bundle is not None:
             digest = hashlib.sha256((digest + _file_digest(ca_bundle)).encode()).hexdigest()
         tag = f"{IMAGE_REPO}{source.name.lower()}:{digest[:12]}"
-        if force or not image_exists(docker_client, tag):
-            build_dockerfile_image(docker_client, source, tag, args, ca_bundle, reporter)
+        old = image_id(docker_client, tag)
+        if force or old is None:
+            build_dockerfile_image(
+                docker_client, source, tag, args, ca_bundle, reporter, no_cache=force
+            )
             reporter.note(f"built image {tag} from {source.dockerfile}")
+            if old is not None and old != image_id(docker_client, tag):
+                _remove_untagged(docker_client, old)  # what -f replaced
         return tag
 
     def _lockfile_image(
