@@ -12,7 +12,7 @@ def test_custom_dir_is_found(cartpole_dir: Path):
     source = catalog.find("mycart", cartpole_dir)
     assert source.main == cartpole_dir / "env_main.py"
     assert source.spec == cartpole_dir / "spec.yml"
-    assert source.setup_script is None and source.dockerfile is None
+    assert source.setup_script is None and source.dockerfile == cartpole_dir / "Dockerfile.env"
     assert source.lock_dir == cartpole_dir and not source.builtin
 
 
