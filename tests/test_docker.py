@@ -162,6 +162,7 @@ def test_second_start_reuses_the_image_and_force_rebuilds(client: Any, env_dir: 
 
 def test_failing_build_shows_the_failing_step_and_its_output(env_dir: Path, base: str, client):
     before = client.images.list("portal-env/cart")
+    known = {image.id for image in client.images.list(all=True)}
     dockerfile = env_dir / "Dockerfile.env"
     dockerfile.write_text(
         "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\n"
@@ -177,6 +178,37 @@ def test_failing_build_shows_the_failing_step_and_its_output(env_dir: Path, base
     assert "the-build-output-we-need" in done.stderr.split("failed at", 1)[1].split("\n", 1)[1]
     assert "non-zero code: 3" in done.stderr and str(dockerfile) in done.stderr
     assert client.images.list("portal-env/cart") == before  # nothing tagged
+    # Docker keeps the steps that succeeded (`RUN echo fine`) as build cache, as with
+    # `docker build`; the test removes what it made.
+    for image in client.images.list(all=True):
+        if image.id not in known and not image.tags:
+            client.images.remove(image.id, force=True)
+
+
+def test_interrupted_build_tags_nothing_and_leaves_no_container(
+    client: Any, env_dir: Path, base: str
+):
+    (env_dir / "Dockerfile.env").write_text(
+        'ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nRUN echo slow-step && sleep 60\nCMD ["true"]\n'
+    )
+    before = client.images.list("portal-env/cart")
+    args = ["build", "-e", "cart", "-p", str(env_dir), "-b", "docker", "--base-image", base]
+    build = subprocess.Popen(CLI + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def step_containers() -> list:
+        return [c for c in client.containers.list(all=True) if "slow-step" in str(c.attrs)]
+
+    deadline = time.monotonic() + 60
+    while not step_containers():  # Docker runs the slow step in a build container
+        assert build.poll() is None and time.monotonic() < deadline, build.communicate()
+        time.sleep(0.1)
+    build.send_signal(signal.SIGINT)
+    _, stderr = build.communicate(timeout=30)
+    assert build.returncode == 130 and "interrupted" in stderr
+    deadline = time.monotonic() + 20
+    while step_containers() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert step_containers() == [] and client.images.list("portal-env/cart") == before
 
 
 def test_agent_in_a_second_container_reaches_the_env_by_name(client: Any, env_dir: Path, base: str):
