@@ -493,7 +493,7 @@ def _reap_containers() -> List[str]:
     from .runtimes import docker
 
     try:
-        return docker.reap_orphans(docker.client())
+        return docker.reap_orphans(docker.client(timeout=10))  # `stop` must not hang on it
     except BackendUnavailableError:
         return []
 

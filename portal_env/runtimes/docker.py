@@ -61,13 +61,14 @@ CA_FILE = "portal-env-ca.pem"  # where --ca-bundle lands in the build context
 _SKIP = {".git", "__pycache__", ".mypy_cache", ".pytest_cache"}
 
 
-def client() -> Any:
-    """A Docker SDK client that answered a ping, or a clear error naming the way out."""
+def client(timeout: float = 120) -> Any:
+    """A Docker SDK client that answered a ping, or a clear error naming the way out.
+    timeout bounds each API call (builds stream, so it is per read)."""
     import docker
 
     where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
     try:
-        docker_client = docker.from_env(timeout=120)
+        docker_client = docker.from_env(timeout=timeout)
         docker_client.ping()
     except docker.errors.DockerException as exc:
         raise BackendUnavailableError(
