@@ -18,6 +18,7 @@ same digests and the same archive bytes.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import hashlib
 import io
@@ -155,10 +156,6 @@ class _LayerWriter:
         )
         self.tar_stream = _Hashing(self.gzip if self.gzip is not None else self.blob)
 
-    def tar(self) -> tarfile.TarFile:
-        """A streaming tar writer over the layer (close it before finish)."""
-        return tarfile.open(fileobj=self.tar_stream, mode="w|", format=tarfile.PAX_FORMAT)
-
     def finish(self, created_by: str) -> Layer:
         if self.gzip is not None:
             self.gzip.close()
@@ -179,19 +176,16 @@ class _LayerWriter:
     def abandon(self) -> None:
         """Close and delete the unfinished blob."""
         self.file.close()
-        try:
-            self.tmp.unlink()
-        except FileNotFoundError:
-            pass
+        self.tmp.unlink(missing_ok=True)
 
 
 def _write_layer(
-    blobs_dir: Path, compress: bool, created_by: str, fill: Callable[[tarfile.TarFile], None]
+    blobs_dir: Path, compress: bool, created_by: str, fill: Callable[[IO[bytes]], None]
 ) -> Layer:
+    """A layer blob whose uncompressed tar fill writes; nothing is left if it fails."""
     writer = _LayerWriter(blobs_dir, compress)
     try:
-        with writer.tar() as tar:
-            fill(tar)
+        fill(writer.tar_stream)
         return writer.finish(created_by)
     except BaseException:
         writer.abandon()
@@ -221,7 +215,7 @@ def layer_from_sources(
     """
     entries = _entries(sources, set(skip))
     what = created_by or "portal-env: " + " ".join(dest for _, dest in sources)
-    return _write_layer(blobs_dir, compress, what, lambda tar: _fill(tar, entries, keep_owners))
+    return _write_layer(blobs_dir, compress, what, lambda out: _fill(out, entries, keep_owners))
 
 
 def sources_diff_id(
@@ -229,17 +223,16 @@ def sources_diff_id(
 ) -> str:
     """The diff_id layer_from_sources would give these sources, computed without a blob."""
     sink = _Hashing(None)
-    with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-        _fill(tar, _entries(sources, set(skip)), keep_owners)
+    _fill(sink, _entries(sources, set(skip)), keep_owners)
     return sink.digest()
 
 
-def _fill(
-    tar: tarfile.TarFile, entries: List[Tuple[str, Optional[Path]]], keep_owners: bool
-) -> None:
+def _fill(out: IO[bytes], entries: List[Tuple[str, Optional[Path]]], keep_owners: bool) -> None:
+    """Write the tar of entries to out (the same bytes for the same entries)."""
     links: Dict[Tuple[int, int], str] = {}
-    for name, path in entries:
-        _add_entry(tar, name, path, keep_owners, links)
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for name, path in entries:
+            _add_entry(tar, name, path, keep_owners, links)
 
 
 def _entries(sources: Sequence[Source], skip: set) -> List[Tuple[str, Optional[Path]]]:
@@ -329,13 +322,8 @@ def layer_from_tar(
 ) -> Layer:
     """A layer of an uncompressed tar stream: its bytes unchanged (so is its diff_id),
     gzip-compressed if compress."""
-    writer = _LayerWriter(blobs_dir, compress)
-    try:
-        shutil.copyfileobj(stream, writer.tar_stream, _CHUNK)
-        return writer.finish(created_by)
-    except BaseException:
-        writer.abandon()
-        raise
+    copy = functools.partial(shutil.copyfileobj, stream, length=_CHUNK)
+    return _write_layer(blobs_dir, compress, created_by, copy)
 
 
 # -- bases -------------------------------------------------------------------------
@@ -429,17 +417,17 @@ def _open_stream(path: Path) -> IO[bytes]:
     return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
 
 
-def _member_bytes(path: Path, tar: tarfile.TarFile, names: dict, name: str) -> bytes:
+def _member_file(path: Path, tar: tarfile.TarFile, names: dict, name: str) -> IO[bytes]:
     member = names.get(name.lstrip("./"))
     extracted = tar.extractfile(member) if member is not None else None
     if extracted is None:
         raise BuildError(f"the base {path} has no {name} (a damaged image archive?)")
-    return extracted.read()
+    return extracted
 
 
 def _member_json(path: Path, tar: tarfile.TarFile, names: dict, name: str) -> Any:
     try:
-        return json.loads(_member_bytes(path, tar, names, name))
+        return json.loads(_member_file(path, tar, names, name).read())
     except ValueError as exc:
         raise BuildError(f"{name} in the base {path} is not valid JSON: {exc}") from None
 
@@ -491,10 +479,7 @@ def _docker_image(path: Path, tar: tarfile.TarFile, names: dict) -> Tuple[List[s
 def _import_layer(
     path: Path, tar: tarfile.TarFile, names: dict, name: str, blobs: Path, compress: bool
 ) -> Layer:
-    member = names.get(name.lstrip("./"))
-    extracted = tar.extractfile(member) if member is not None else None
-    if extracted is None:
-        raise BuildError(f"the base {path} has no layer {name} (a damaged image archive?)")
+    extracted = _member_file(path, tar, names, name)
     head = extracted.read(4)
     extracted.seek(0)
     if head[:2] == b"\x1f\x8b" and compress:
@@ -685,7 +670,7 @@ def read_archive(path: Path) -> Dict[str, Union[dict, list]]:
     """index.json, manifest.json, the OCI manifest and the config of an archive written here
     (for checks and tests): keys index, docker_manifest, manifest, config."""
     with _open_tar(Path(path)) as tar:
-        names = {m.name: m for m in tar if m.isfile()}
+        names = _names(tar)
         index = _member_json(path, tar, names, "index.json")
         manifest = _member_json(path, tar, names, _blob_name(index["manifests"][0]["digest"]))
         return {
