@@ -18,9 +18,8 @@ from typing import Any, Iterator, List, Optional, Tuple
 
 import click
 
-from . import catalog, listing, registry, runtimes, supervisor
+from . import catalog, config, listing, registry, runtimes, supervisor
 from .errors import PortalEnvError
-from .runtimes.docker import DEFAULT_BASE_IMAGE
 
 DEFAULT_BACKEND_VAR = "PORTAL_ENV_BACKEND"
 DEFAULT_BACKEND = "docker"  # the seed's default
@@ -117,7 +116,7 @@ def _docker_options(command: Any) -> Any:
         "--base-image",
         default=None,
         help="docker: base image (a Dockerfile.env's `ARG BASE_IMAGE`; for an image made "
-        f"from a conda lockfile, default {DEFAULT_BASE_IMAGE}).",
+        f"from a conda lockfile, default {config.DOCKER_BASE_IMAGE}).",
     )(command)
 
 
@@ -268,11 +267,14 @@ def stop(name: Optional[str], stop_all: bool, timeout: float) -> None:
     with _errors():
         if bool(name) == stop_all:
             raise click.UsageError("give a portal NAME or --all (not both)")
-        if not stop_all and registry.get(catalog.check_name(name)) is None:
-            if f"env_portal_{name}" in _reap_containers():
+        if stop_all:
+            records = registry.all_records()
+        else:
+            record = registry.get(catalog.check_name(name))
+            if record is None and config.container_name(name) in _reap_containers():
                 click.echo(f"removed the container of {name}, whose supervisor was killed")
                 return
-        records = registry.all_records() if stop_all else [_running(name)]
+            records = [record or _running(name)]
         for record in records:
             _stop(record, timeout)
             click.echo(f"stopped {record.name}")

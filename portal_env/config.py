@@ -29,6 +29,7 @@ from .wire import Address
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7000
 DOCKER_HOST_PREFIX = "env_portal_"
+DOCKER_BASE_IMAGE = "debian:bookworm-slim"  # under an image made from a conda lockfile
 
 HOST_VAR = "PORTAL_ENV_HOST"
 PORT_VAR = "PORTAL_ENV_PORT"
@@ -116,6 +117,11 @@ def server_address(
     return Address(host=host, port=port)
 
 
+def container_name(env_name: str) -> str:
+    """The container (and host) name of env_name's server: `env_portal_<name>`, the seed's."""
+    return DOCKER_HOST_PREFIX + env_name
+
+
 def agent_address(
     env_name: str,
     address: Optional[str],
@@ -127,7 +133,7 @@ def agent_address(
     if text:
         return Address.parse(text)
     if agent_in_docker:  # the env's container is reachable by name on portal_env_net
-        return Address(host=DOCKER_HOST_PREFIX + env_name, port=DEFAULT_PORT)
+        return Address(host=container_name(env_name), port=DEFAULT_PORT)
     return Address(host=DEFAULT_HOST, port=DEFAULT_PORT)
 
 

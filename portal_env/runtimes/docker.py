@@ -40,11 +40,9 @@ from .venv import package_dir
 logger = logging.getLogger(__name__)
 
 NETWORK = "portal_env_net"
-CONTAINER_PREFIX = config.DOCKER_HOST_PREFIX  # "env_portal_": the seed's agent-side host name
 SERVER_PORT = config.DEFAULT_PORT  # inside the container; agents on the network use it
 TOKEN_PATH = "/run/portal-env/token"  # the token file inside the container
 IMAGE_REPO = "portal-env/"
-DEFAULT_BASE_IMAGE = "debian:bookworm-slim"
 
 LABEL = "org.portal-env"
 LABEL_PORTAL = f"{LABEL}.portal"
@@ -82,11 +80,6 @@ def client(timeout: float = 120) -> Any:
 def owner() -> str:
     """This user on this host, as recorded on every container we start."""
     return f"{os.getuid()}@{socket.gethostname()}"
-
-
-def container_name(portal: str) -> str:
-    """The container (and host) name of portal: `env_portal_<name>`, as in the seed."""
-    return CONTAINER_PREFIX + portal
 
 
 # -- images --------------------------------------------------------------------------------
@@ -276,7 +269,7 @@ class DockerRuntime:
         import docker
 
         reap_orphans(self.client)
-        name = container_name(self.source.name)
+        name = config.container_name(self.source.name)
         _remove_stale(self.client, name)
         token_path = _write_token_file(self.source.name, env[config.TOKEN_VAR])
         ensure_network(self.client)
@@ -551,7 +544,7 @@ class DockerBackend:
         is answered without saving the base or staging anything."""
         from .. import export
 
-        base_name = self.base_image or DEFAULT_BASE_IMAGE
+        base_name = self.base_image or config.DOCKER_BASE_IMAGE
         base = _base_image(docker_client, base_name)
         lock_path = export.lockfile(source, reporter)
         inputs = export.inputs_hash(source, lock_path, base.attrs["RootFS"]["Layers"])
