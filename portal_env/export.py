@@ -67,7 +67,7 @@ def lockfile(source: EnvSource, reporter: Reporter) -> Path:
     from .runtimes.micromamba import MicromambaBackend
 
     source.require_spec("export")
-    return MicromambaBackend()._lockfile(source, reporter)
+    return MicromambaBackend().lockfile(source, reporter)
 
 
 def app_sources(source: EnvSource, lock_path: Path) -> List[oci.Source]:

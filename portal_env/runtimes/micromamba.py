@@ -151,7 +151,7 @@ class MicromambaBackend:
 
     def ensure(self, source: EnvSource, *, force: bool, reporter: Reporter) -> MicromambaRuntime:
         """The prefix for source: locked first if it has no lockfile, built only if needed."""
-        lock_path = self._lockfile(source, reporter)
+        lock_path = self.lockfile(source, reporter)
         prefix = self._prefix(source, lock_path)
         with _build_lock(prefix, reporter):
             if force and prefix.exists():
@@ -180,7 +180,8 @@ class MicromambaBackend:
         key = prefix_key(lock_path, current_platform(), source.setup_script)
         return config.cache_dir() / "conda" / key
 
-    def _lockfile(self, source: EnvSource, reporter: Reporter) -> Path:
+    def lockfile(self, source: EnvSource, reporter: Reporter) -> Path:
+        """source's current lockfile: made (and said so) if missing, refused if stale."""
         spec = source.require_spec(self.name)
         if condalock.status(source, spec) == "missing":
             reporter.note(

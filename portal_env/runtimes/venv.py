@@ -107,7 +107,7 @@ class VenvBackend:
 
     def ensure(self, source: EnvSource, *, force: bool, reporter: Reporter) -> VenvRuntime:
         """The venv for source: locked first if it has no lockfile, built only if needed."""
-        lock_path = self._lockfile(source, reporter)
+        lock_path = self.lockfile(source, reporter)
         python = lock.locked_python(lock_path) or lock.read_spec(source.spec).python
         key = runtime_key(lock_path, python, source.setup_script)
         venv_dir = config.cache_dir() / "venv" / key
@@ -134,7 +134,8 @@ class VenvBackend:
             shutil.rmtree(venv_dir)
         return [venv_dir]
 
-    def _lockfile(self, source: EnvSource, reporter: Reporter) -> Path:
+    def lockfile(self, source: EnvSource, reporter: Reporter) -> Path:
+        """source's current lockfile: made (and said so) if missing, refused if stale."""
         spec = source.require_spec(self.name)
         if lock.venv_lock_status(source, spec) == "missing":
             reporter.note(
