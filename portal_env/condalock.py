@@ -19,9 +19,7 @@ import hashlib
 import logging
 import os
 import re
-import shlex
 import shutil
-import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -266,19 +264,11 @@ def _pip_entries(
     with tempfile.TemporaryDirectory(prefix="portal-env-lock-") as tmp:
         constraints = Path(tmp) / "conda-provided.txt"
         constraints.write_text("".join(f"{n}=={v}\n" for n, v in sorted(provided.items())))
-        command = [uv_bin, "pip", "compile", "-", "--quiet", "--format", "pylock.toml"]
-        command += ["--python-version", python, "--python-platform", _uv_platform(platform)]
-        command += ["-c", str(constraints)]
+        options = ["--format", "pylock.toml", "--python-version", python]
+        options += ["--python-platform", _uv_platform(platform), "-c", str(constraints)]
         for name in sorted(provided):
-            command += ["--no-emit-package", name]
-        logger.debug("running %s (cwd %s)", shlex.join(command), source.env_dir)
-        done = subprocess.run(
-            command,
-            input="\n".join(spec.pip) + "\n",
-            capture_output=True,
-            text=True,
-            cwd=source.env_dir,
-        )
+            options += ["--no-emit-package", name]
+        done = lock.uv_compile(uv_bin, options, list(spec.pip), source)
     if done.returncode != 0:
         raise LockError(
             f"cannot lock the pip: section of {spec_path} for {platform} (Python {python}; "

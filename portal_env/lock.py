@@ -184,17 +184,10 @@ def write_venv_lock(source: EnvSource, uv_bin: str) -> Path:
         logger.warning(
             "%s: the venv backend installs only pip packages; ignoring %r", spec_path, dep
         )
-    command = [uv_bin, "pip", "compile", "-", "--quiet", "--generate-hashes"]
     recipe = lock_command(source) if source.builtin else "portal-env lock NAME -p ENV_DIR -b venv"
-    command += ["--python-version", spec.python, "--custom-compile-command", recipe]
-    logger.debug("running %s (cwd %s)", shlex.join(command), source.env_dir)
-    done = subprocess.run(
-        command,
-        input="\n".join(lock_input(spec)) + "\n",
-        capture_output=True,
-        text=True,
-        cwd=source.env_dir,
-    )
+    options = ["--generate-hashes", "--python-version", spec.python]
+    options += ["--custom-compile-command", recipe]
+    done = uv_compile(uv_bin, options, lock_input(spec), source)
     if done.returncode != 0:
         raise LockError(
             f"cannot lock {spec_path} for the venv backend (uv pip compile failed):\n"
@@ -202,6 +195,22 @@ def write_venv_lock(source: EnvSource, uv_bin: str) -> Path:
         )
     header = f"{_SPEC_HASH}{file_hash(spec_path)}\n{_PYTHON}{spec.python}\n"
     return _write_atomic(venv_lock_path(source), header + done.stdout)
+
+
+def uv_compile(
+    uv_bin: str, options: List[str], requirements: List[str], source: EnvSource
+) -> subprocess.CompletedProcess:
+    """`uv pip compile` of requirements (given on stdin), run in source's env dir (where
+    relative paths in requirements point)."""
+    command = [uv_bin, "pip", "compile", "-", "--quiet"] + options
+    logger.debug("running %s (cwd %s)", shlex.join(command), source.env_dir)
+    return subprocess.run(
+        command,
+        input="\n".join(requirements) + "\n",
+        capture_output=True,
+        text=True,
+        cwd=source.env_dir,
+    )
 
 
 def _write_atomic(path: Path, text: str) -> Path:
