@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -177,15 +176,6 @@ def test_missing_spec_and_bad_base_are_named(env_dir: Path, tmp_path: Path):
     with pytest.raises(BuildError, match=r"no-such-base\.tar.*root filesystem directory"):
         export.image_tag(source, missing, reporter=LogReporter())
     assert not (tmp_path / "x.tar").exists()
-
-
-# -- served by dockerd -----------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_ctrl_c_while_staging_leaves_no_staging_or_archive(env_dir: Path, rootfs: Path, tmp_path):

@@ -25,6 +25,8 @@ import pytest
 from portal_env import oci
 from portal_env.errors import BuildError
 
+from . import dockerhost
+
 ROOT = Path(__file__).resolve().parent.parent
 TAG = "portal-env-oci-try:test"
 
@@ -286,25 +288,12 @@ def test_bad_bases_are_named_with_what_is_accepted(tmp_path: Path, kind: str):
 # -- against dockerd -------------------------------------------------------------------
 
 
-def docker_client():
-    from .dockerhost import client
-
-    return client()
-
-
-def debian_rootfs() -> Path:
-    """The Debian rootfs tarball the Docker tests share (made once, cached)."""
-    from .dockerhost import rootfs_tar
-
-    return rootfs_tar()
-
-
 @pytest.fixture
 def loaded_tags():
     """Tags the test loads; removed afterwards."""
     tags: List[str] = []
     yield tags
-    client = docker_client()
+    client = dockerhost.client()
     for tag in tags:
         try:
             client.images.remove(tag, force=True)
@@ -314,9 +303,9 @@ def loaded_tags():
 
 @pytest.mark.docker
 def test_docker_loads_and_runs_the_archive_and_its_save_reads_back(tmp_path: Path, loaded_tags):
-    client = docker_client()
+    client = dockerhost.client()
     blobs = tmp_path / "blobs"
-    base = oci.read_base(debian_rootfs(), blobs)
+    base = oci.read_base(dockerhost.rootfs_tar(), blobs)
     app = make_app(tmp_path / "app")
     layer = oci.layer_from_dir(app, "/opt/t/app", blobs, skip=("__pycache__",))
     out = tmp_path / "image.tar"
