@@ -424,7 +424,7 @@ class ContainerHandle:
         binding = container.ports[f"{SERVER_PORT}/tcp"][0]
         self.published = wire.Address(host=binding["HostIp"], port=int(binding["HostPort"]))
         # Agents on this host use the container's own address when the host sits on the
-        # bridge: docker-proxy, which relays the published port, costs 2.4x in steps/s.
+        # bridge: docker-proxy, which relays the published port, costs 2.4-2.5x in steps/s.
         self.address: Optional[wire.Address] = _direct_address(container) or self.published
         self._follower = threading.Thread(target=self._follow, args=(log,), daemon=True)
         self._follower.start()
