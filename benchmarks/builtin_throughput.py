@@ -45,7 +45,8 @@ class Row:
 
 def runtime_of(name: str) -> Any:
     """The built venv runtime of built-in name (built now if it is not cached)."""
-    from portal_env import catalog, runtimes
+    from portal_env import runtimes
+    from portal_env.runtimes import catalog
 
     source = catalog.find(name)
     return runtimes.get("venv").ensure(source, force=False, reporter=runtimes.LogReporter())
@@ -70,7 +71,8 @@ def in_process(runtime: Any, env_id: str, kwargs: Dict, steps: int, repeats: int
 
 def through_portal(runtime: Any, env_id: str, kwargs: Dict, steps: int, repeats: int) -> float:
     """Microseconds per step through an AgentSidePortal to a locally served env."""
-    from portal_env import AgentSidePortal, supervisor
+    from portal_env import AgentSidePortal
+    from portal_env.serving import supervisor
 
     name = f"bench-{runtime.source.name}"
     with supervisor.Supervisor(name, runtime, runtime.source.env_dir) as sup:

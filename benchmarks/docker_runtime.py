@@ -100,7 +100,8 @@ def make_env_dir(work: Path) -> Path:
 def run(client, base: str, env_dir: Path, repeat: int, seconds: float) -> Dict[str, str]:
     import gymnasium
 
-    from portal_env import AgentSidePortal, registry
+    from portal_env import AgentSidePortal
+    from portal_env.serving import registry
 
     docker = ["-p", str(env_dir), "-b", "docker", "--base-image", base]
     timed("build", "-e", "bench", *docker)  # first build: Docker's layer cache fills

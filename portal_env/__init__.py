@@ -1,6 +1,5 @@
 """portal-env: serve RL environments from isolated runtimes, use them as gymnasium envs."""
 
-from .agent import AgentSidePortal
 from .errors import (
     AuthenticationError,
     PortalConnectionError,
@@ -9,8 +8,9 @@ from .errors import (
     RemoteEnvError,
     UnsupportedSpaceError,
 )
-from .server import EnvSidePortal
-from .vector import PortalVectorEnv, make_vec
+from .portal.agent import AgentSidePortal
+from .portal.server import EnvSidePortal
+from .portal.vector import PortalVectorEnv, make_vec
 
 __version__ = "0.10.0"
 

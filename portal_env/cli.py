@@ -18,8 +18,10 @@ from typing import Any, Iterator, List, Optional, Tuple
 
 import click
 
-from . import catalog, config, listing, registry, runtimes, supervisor
+from . import config, runtimes
 from .errors import PortalEnvError
+from .runtimes import catalog, listing
+from .serving import registry, supervisor
 
 DEFAULT_BACKEND_VAR = "PORTAL_ENV_BACKEND"
 DEFAULT_BACKEND = "docker"  # the seed's default
@@ -310,7 +312,7 @@ def export(name: str, path: Optional[Path], output: Path, base: Path, tag: Optio
     Then:    docker load -i mycart.tar   or   apptainer build mycart.sif oci-archive://mycart.tar
     """
     with _errors():
-        from . import export as exporting
+        from .runtimes import export as exporting
 
         reporter = Reporter()
         with reporter.active():

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Mapping, Optional, Tuple
 
 from .errors import PortalEnvError
-from .wire import Address
+from .portal.wire import Address
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7000
@@ -151,7 +151,7 @@ def agent_endpoint(
     defaults (127.0.0.1:7000 and the token a local server recorded for it).
     """
     if not (address or env.get(ADDRESS_VAR)) and not agent_in_docker:
-        from . import registry  # lazily: the agent's import path stays light
+        from .serving import registry  # lazily: the agent's import path stays light
 
         record = registry.lookup(env_name)
         if record is not None:

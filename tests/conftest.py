@@ -162,7 +162,7 @@ def reap_portals() -> Iterator[None]:
     import signal
 
     yield
-    from portal_env import registry
+    from portal_env.serving import registry
 
     for path in registry.portals_dir().glob("*.json"):
         record = json.loads(path.read_text())

@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from portal_env import AgentSidePortal, catalog, listing, lock, registry
+from portal_env import AgentSidePortal
+from portal_env.runtimes import catalog, listing, lock
+from portal_env.serving import registry
 
 from .conftest import wait_gone
 

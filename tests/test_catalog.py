@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from portal_env import catalog
 from portal_env.errors import CatalogError, PortalEnvError
+from portal_env.runtimes import catalog
 
 
 def test_custom_dir_is_found(cartpole_dir: Path):

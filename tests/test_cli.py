@@ -12,7 +12,8 @@ from typing import List
 import pexpect
 import pytest
 
-from portal_env import AgentSidePortal, registry
+from portal_env import AgentSidePortal
+from portal_env.serving import registry
 
 from .conftest import pid_alive, wait_gone
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from portal_env import codec
 from portal_env.errors import EncodeError, ProtocolError
+from portal_env.portal import codec
 from tests.test_agent import assert_identical
 
 CASES = [

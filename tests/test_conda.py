@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from portal_env import catalog, condalock
 from portal_env.errors import BuildError, LockError, SpecError
-from portal_env.runtimes import Backend, LogReporter, Runtime, get
+from portal_env.runtimes import Backend, LogReporter, Runtime, catalog, condalock, get
 from portal_env.runtimes.base import ProcessHandle
 from portal_env.runtimes.micromamba import MARKER, MicromambaBackend, micromamba_exe
 
@@ -267,7 +266,7 @@ def test_lock_start_step_stop_end_to_end(env_dir: Path, reap_portals: None):
     assert cli("lock", "mycart", "-p", str(env_dir), "-b", "mm").returncode == 0
     done = cli("start", "mycart", "-p", str(env_dir), "-b", "mm", "-d")
     assert done.returncode == 0 and "(micromamba, pid" in done.stdout, done.stderr
-    from portal_env import registry
+    from portal_env.serving import registry
 
     record = registry.get("mycart")
     env = AgentSidePortal("mycart", env_args=["CartPole-v1"])

@@ -16,9 +16,10 @@ import gymnasium
 import numpy as np
 import pytest
 
-from portal_env import AgentSidePortal, registry
+from portal_env import AgentSidePortal
 from portal_env.errors import PortalConnectionError
 from portal_env.runtimes import docker as docker_backend
+from portal_env.serving import registry
 
 from . import dockerhost
 from .conda_channel import build_channel, locked_cartpole

@@ -1,4 +1,4 @@
-"""`portal_env.export`: a locked conda prefix staged for /opt/portal-env and written as an image.
+"""`portal_env.runtimes.export`: a locked conda prefix staged for /opt/portal-env, as an image.
 
 Uses the local file:// channel of tests/conda_channel.py (its `python` wraps
 this machine's interpreter); pip packages come from PyPI. tests/test_docker.py
@@ -22,9 +22,8 @@ from typing import Dict
 
 import pytest
 
-from portal_env import catalog, export, oci
 from portal_env.errors import BuildError, CatalogError, LockError
-from portal_env.runtimes import LogReporter
+from portal_env.runtimes import LogReporter, catalog, export, oci
 
 from .conda_channel import ACTIVATE_VAR, build_channel, locked_cartpole
 
@@ -184,8 +183,8 @@ def test_ctrl_c_while_staging_leaves_no_staging_or_archive(env_dir: Path, rootfs
         f"import pathlib, time\npathlib.Path({str(started)!r}).touch()\ntime.sleep(60)\n"
     )
     code = (
-        "import sys\nfrom portal_env import catalog, export\nfrom portal_env.runtimes import "
-        "LogReporter\ntry:\n    export.export_image(catalog.find('mycart', sys.argv[1]), "
+        "import sys\nfrom portal_env.runtimes import LogReporter, catalog, export\n"
+        "try:\n    export.export_image(catalog.find('mycart', sys.argv[1]), "
         "sys.argv[2], sys.argv[3], reporter=LogReporter())\nexcept KeyboardInterrupt:\n"
         "    sys.exit(130)\n"
     )

@@ -22,8 +22,8 @@ from typing import Dict, List
 
 import pytest
 
-from portal_env import oci
 from portal_env.errors import BuildError
+from portal_env.runtimes import oci
 
 from . import dockerhost
 
@@ -200,7 +200,7 @@ def test_ctrl_c_during_the_write_leaves_no_archive_or_temporary(tmp_path: Path):
     os.mkfifo(fifo)
     out_dir = tmp_path / "out"
     code = (
-        "import sys; from pathlib import Path; from portal_env import oci\n"
+        "import sys; from pathlib import Path; from portal_env.runtimes import oci\n"
         "tmp = Path(sys.argv[1]); blobs = tmp / 'blobs'\n"
         "base = oci.read_base(tmp / 'rootfs', blobs)\n"
         "stuck = oci.Layer(tmp / 'fifo', 'sha256:' + '0' * 64, 'sha256:' + '1' * 64, 9)\n"

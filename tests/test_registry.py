@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from portal_env import config, registry, wire
+from portal_env import config
 from portal_env.errors import AlreadyRunningError
+from portal_env.portal import wire
+from portal_env.serving import registry
 
 
 def _record(name: str = "mycart", pid: int = 0, **changes) -> registry.Record:

@@ -1,4 +1,4 @@
-"""Round-trip tests for portal_env.spaces: every gymnasium space, exactly, as plain data."""
+"""Round-trip tests for portal_env.portal.spaces: every gymnasium space, exactly, as plain data."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from gymnasium import spaces
 
 from portal_env.errors import ProtocolError, UnsupportedSpaceError
-from portal_env.spaces import decode_space, encode_space
+from portal_env.portal.spaces import decode_space, encode_space
 
 inf = np.inf
 HAS_ONE_OF = hasattr(spaces, "OneOf")

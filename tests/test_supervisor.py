@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from portal_env import AgentSidePortal, catalog, registry
+from portal_env import AgentSidePortal
 from portal_env.errors import PortalConnectionError, ServerStartError, SupervisorError
-from portal_env.runtimes import LogReporter
+from portal_env.runtimes import LogReporter, catalog
 from portal_env.runtimes.venv import VenvBackend
-from portal_env.supervisor import Policy, Supervisor
+from portal_env.serving import registry
+from portal_env.serving.supervisor import Policy, Supervisor
 
 from .conftest import pid_alive, wait_gone
 

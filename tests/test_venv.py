@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from portal_env import catalog, config, lock
+from portal_env import config
 from portal_env.errors import BuildError, LockError, SpecError
-from portal_env.runtimes import LogReporter, get
+from portal_env.runtimes import LogReporter, catalog, get, lock
 from portal_env.runtimes.venv import MARKER, VenvBackend, is_complete, runtime_key
 
 from .conftest import interrupt_build

@@ -12,8 +12,9 @@ import sys
 
 import pytest
 
-from portal_env import AgentSidePortal, wire
-from portal_env.wire import Address, Channel
+from portal_env import AgentSidePortal
+from portal_env.portal import wire
+from portal_env.portal.wire import Address, Channel
 
 
 def raw_connect(address: str) -> socket.socket:

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import IO, List, Mapping, Optional, Protocol, Sequence, runtime_checkable
 
-from ..catalog import EnvSource
-from ..wire import Address
+from ..portal.wire import Address
+from .catalog import EnvSource
 
 logger = logging.getLogger(__name__)
 

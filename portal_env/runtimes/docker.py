@@ -30,11 +30,13 @@ import threading
 from pathlib import Path
 from typing import IO, Any, Dict, List, Mapping, Optional
 
-from .. import config, registry, wire
-from ..catalog import EnvSource
+from .. import config
 from ..errors import BackendUnavailableError, BuildError
-from ..export import LIB  # where this host's portal_env package is mounted (as in exports)
+from ..portal import wire
+from ..serving import registry
 from .base import Reporter
+from .catalog import EnvSource
+from .export import LIB  # where this host's portal_env package is mounted (as in exports)
 from .venv import package_dir
 
 logger = logging.getLogger(__name__)
@@ -542,7 +544,7 @@ class DockerBackend:
         """The image export writes from source's conda lockfile over the base image, loaded
         into the daemon. Its tag hashes the inputs, base layers included, so that question
         is answered without saving the base or staging anything."""
-        from .. import export
+        from . import export
 
         base_name = self.base_image or config.DOCKER_BASE_IMAGE
         base = _base_image(docker_client, base_name)

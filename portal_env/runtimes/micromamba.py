@@ -34,10 +34,11 @@ import time
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional
 
-from .. import condalock, config
-from ..catalog import EnvSource
+from .. import config
 from ..errors import BackendUnavailableError, BuildError
+from . import condalock
 from .base import Reporter
+from .catalog import EnvSource
 from .venv import MARKER, VenvRuntime, _build_lock, _run, is_complete, package_dir, uv_bin
 
 logger = logging.getLogger(__name__)
@@ -254,7 +255,7 @@ def _install_conda_rattler(
     lock_path: Path, platform: str, prefix: Path, alternative_prefix: Optional[str] = None
 ) -> None:
     """Install with py-rattler; with alternative_prefix, for a prefix that will live there."""
-    from ..rattler_calls import RattlerCallError, install
+    from .rattler_calls import RattlerCallError, install
 
     _verify_local_archives(lock_path, platform)
     logger.debug("installing the conda packages of %s into %s with py-rattler", lock_path, prefix)

@@ -24,10 +24,11 @@ import time
 from pathlib import Path
 from typing import IO, List, Mapping, Optional, Sequence
 
-from .. import catalog, config, lock
-from ..catalog import EnvSource
+from .. import config
 from ..errors import BuildError
+from . import lock
 from .base import ProcessHandle, Reporter, ServerHandle
+from .catalog import EnvSource
 
 logger = logging.getLogger(__name__)
 
@@ -227,7 +228,7 @@ class _build_lock:
 
 def package_dir() -> Path:
     """A cached copy of the portal_env package for runtimes' PYTHONPATH (made once)."""
-    source = Path(catalog.__file__).resolve().parent
+    source = Path(config.__file__).resolve().parent
     files = sorted(p for p in source.rglob("*.py") if "builtin" not in p.relative_to(source).parts)
     digest = hashlib.sha256()
     for path in files:

@@ -48,7 +48,7 @@ from typing import (
     Union,
 )
 
-from .errors import BuildError
+from ..errors import BuildError
 
 logger = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from typing import Any, Callable, Dict, List, Tuple
 import msgpack
 import numpy as np
 
+from ..errors import EncodeError, ProtocolError
 from . import sharedmem
-from .errors import EncodeError, ProtocolError
 
 _ARRAY, _SCALAR, _TUPLE, _PICKLE = 1, 2, 3, 4
 ALIGN = 16  # keeps array views aligned for any dtype

@@ -27,10 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence
 
-from . import condalock, config, oci
+from .. import config
+from ..errors import BuildError
+from . import condalock, oci
+from .base import Reporter
 from .catalog import SPEC, EnvSource
-from .errors import BuildError
-from .runtimes.base import Reporter
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class ExportResult:
 
 def lockfile(source: EnvSource, reporter: Reporter) -> Path:
     """source's current conda lockfile: locked first if missing, refused if stale."""
-    from .runtimes.micromamba import MicromambaBackend
+    from .micromamba import MicromambaBackend
 
     source.require_spec("export")
     return MicromambaBackend().lockfile(source, reporter)
@@ -82,14 +83,14 @@ def app_sources(source: EnvSource, lock_path: Path) -> List[oci.Source]:
 
 def lib_sources() -> List[oci.Source]:
     """The portal_env copy (protocol code, no builtin/ data) and where it goes."""
-    from .runtimes.venv import package_dir
+    from .venv import package_dir
 
     return [(package_dir() / "portal_env", f"{LIB}/portal_env")]
 
 
 def inputs_hash(source: EnvSource, lock_path: Path, base_diff_ids: Sequence[str]) -> str:
     """sha256 hex of everything an exported image is made from."""
-    from .runtimes.micromamba import current_platform, prefix_key
+    from .micromamba import current_platform, prefix_key
 
     platform = current_platform()
     digest = hashlib.sha256(f"{_FORMAT}\0{PREFIX}\0{oci.host_arch()}\0".encode())
@@ -207,14 +208,14 @@ def stage_prefix(
     scripts' `#!staging/...` lines are pointed at PREFIX. Returns the prefix's
     activation variables, with staging paths written as PREFIX.
     """
-    from .runtimes.micromamba import (
+    from .micromamba import (
         MicromambaRuntime,
         _activation,
         _install_conda_rattler,
         _install_pip,
         current_platform,
     )
-    from .runtimes.venv import _run, package_dir
+    from .venv import _run, package_dir
 
     platform = current_platform()
     staging.parent.mkdir(parents=True, exist_ok=True)

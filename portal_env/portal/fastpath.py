@@ -18,8 +18,8 @@ import numpy as np
 from gymnasium import spaces as gs
 from gymnasium.vector.utils import batch_space
 
+from ..errors import ProtocolError
 from . import codec, sharedmem
-from .errors import ProtocolError
 
 _HEAD = struct.Struct("<BBBBxxxxd")  # reward kind, terminated, truncated, flags, reward
 _HAS_INFO, _OBS_SHARED = 1, 2  # flags

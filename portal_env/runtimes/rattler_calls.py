@@ -7,7 +7,7 @@ runs in a child that reports its result as JSON on stdout and leaves with
 `os._exit`, skipping the finalization that crashes. Ctrl-C reaches the child
 too (same process group) and the parent sees KeyboardInterrupt as usual.
 
-Run as `python -m portal_env.rattler_calls` with a JSON request on stdin.
+Run as `python -m portal_env.runtimes.rattler_calls` with a JSON request on stdin.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def install(
 
 
 def _call(request: Dict[str, Any]) -> Any:
-    command = [sys.executable, "-m", "portal_env.rattler_calls"]
+    command = [sys.executable, "-m", "portal_env.runtimes.rattler_calls"]
     logger.debug("running %s <<< %s", shlex.join(command), json.dumps(request))
     done = subprocess.run(
         command, input=json.dumps(request), capture_output=True, text=True, env=_child_env()

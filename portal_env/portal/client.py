@@ -6,8 +6,9 @@ import os
 import weakref
 from typing import Any, Callable, Optional
 
-from . import config, sharedmem, wire
-from .errors import PortalConnectionError, ProtocolError, RemoteEnvError
+from .. import config
+from ..errors import PortalConnectionError, ProtocolError, RemoteEnvError
+from . import sharedmem, wire
 
 DEFAULT_TIMEOUT = 300.0  # seconds; generous for slow resets (emulators, Minecraft-likes)
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")

@@ -18,8 +18,9 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Set
 
-from . import config, sharedmem, wire
-from .errors import EncodeError, PortalConnectionError, PortalEnvError, ProtocolError
+from .. import config
+from ..errors import EncodeError, PortalConnectionError, PortalEnvError, ProtocolError
+from . import sharedmem, wire
 from .hosted import EnvFactory, HostedEnv, HostedVectorEnv
 
 logger = logging.getLogger(__name__)

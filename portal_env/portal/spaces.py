@@ -15,7 +15,7 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
-from .errors import ProtocolError, UnsupportedSpaceError
+from ..errors import ProtocolError, UnsupportedSpaceError
 
 _OneOf = getattr(spaces, "OneOf", None)  # gymnasium >= 1.0 only
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, List, Optional
 
-from . import config
-from .errors import AlreadyRunningError, RegistryError
+from .. import config
+from ..errors import AlreadyRunningError, RegistryError
 
 logger = logging.getLogger(__name__)
 

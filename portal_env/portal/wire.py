@@ -19,8 +19,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, List, Optional, Tuple
 
+from ..errors import AuthenticationError, PortalConnectionError, PortalEnvError, ProtocolError
 from . import codec
-from .errors import AuthenticationError, PortalConnectionError, PortalEnvError, ProtocolError
 
 MAGIC = b"PENV1"
 NONCE_BYTES = 32

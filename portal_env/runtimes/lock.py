@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
+from ..errors import LockError, SpecError
 from .catalog import EnvSource
-from .errors import LockError, SpecError
 
 logger = logging.getLogger(__name__)
 

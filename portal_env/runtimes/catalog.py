@@ -1,7 +1,8 @@
-"""Where an env's files are: a built-in env shipped in the package, or a custom directory.
+"""Where an env's files are: a built-in env of the catalog, or a custom directory.
 
-A built-in env `NAME` is `builtin/envs/NAME/env_main.py` with its spec at
-`builtin/specs/NAME.yml` and its locks in `builtin/lockfiles/`. A custom env is
+A built-in env `NAME` is `envs/NAME/env_main.py` with its spec at `specs/NAME.yml`
+and its locks in `lockfiles/`: top-level directories of a source checkout, shipped
+in the wheel as `portal_env/builtin/{envs,specs,lockfiles}`. A custom env is
 a directory given with `-p PATH` that holds `env_main.py` and, depending on the
 backend, `spec.yml` and/or `Dockerfile.env`, plus an optional `env_setup.py`;
 its locks live beside its spec.
@@ -14,9 +15,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Union
 
-from .errors import CatalogError
+from ..errors import CatalogError
 
-BUILTIN_ROOT = Path(__file__).resolve().parent / "builtin"
+
+def _builtin_root() -> Path:
+    """`portal_env/builtin` where the package is installed from a wheel, else the
+    source checkout holding this package (its top-level envs/, specs/, lockfiles/)."""
+    package = Path(__file__).resolve().parents[1]
+    installed = package / "builtin"
+    return installed if (installed / "envs").is_dir() else package.parent
+
+
+BUILTIN_ROOT = _builtin_root()
 ENV_MAIN = "env_main.py"
 SPEC = "spec.yml"
 DOCKERFILE = "Dockerfile.env"
@@ -61,7 +71,7 @@ class EnvSource:
         log) and an installed package's directory may even be read-only."""
         if not self.builtin:
             return self.env_dir
-        from . import config
+        from .. import config
 
         path = config.state_dir() / "work" / self.name
         path.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -23,9 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Deque, Optional, Tuple
 
-from . import config, registry, wire
-from .errors import PortalEnvError, ServerStartError, SupervisorError
-from .runtimes.base import Runtime, ServerHandle
+from .. import config
+from ..errors import PortalEnvError, ServerStartError, SupervisorError
+from ..portal import wire
+from ..runtimes.base import Runtime, ServerHandle
+from . import registry
 
 logger = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from ..errors import LockError, SpecError
 from . import lock
 from .catalog import EnvSource
-from .errors import LockError, SpecError
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def _names(requirements: Sequence[str]) -> List[str]:
 
 
 def lock_path(source: EnvSource) -> Path:
-    """Where the conda lockfile of source lives (beside the spec, or builtin/lockfiles)."""
+    """Where the conda lockfile of source lives (beside the spec, or the catalog's lockfiles/)."""
     return source.lock_dir / f"{source.lock_stem}{SUFFIX}"
 
 
