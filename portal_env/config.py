@@ -19,6 +19,7 @@ import hashlib
 import os
 import secrets
 import stat
+import sys
 import tempfile
 from pathlib import Path
 from typing import Mapping, Optional, Tuple
@@ -38,6 +39,8 @@ TOKEN_VAR = "PORTAL_ENV_TOKEN"
 TOKEN_FILE_VAR = "PORTAL_ENV_TOKEN_FILE"
 READY_FILE_VAR = "PORTAL_ENV_READY_FILE"
 ADDRESS_VAR = "PORTAL_ENV_ADDRESS"
+NAME_VAR = "PORTAL_ENV_NAME"
+SUPERVISED_VAR = "PORTAL_ENV_SUPERVISED"  # set by a supervisor, which registers its server
 STATE_DIR_VAR = "PORTAL_ENV_STATE_DIR"
 SPIN_VAR = "PORTAL_ENV_SPIN_US"
 DEFAULT_SPIN_US = 1000.0
@@ -117,6 +120,19 @@ def server_address(
     return Address(host=host, port=port)
 
 
+def portal_name(explicit: Optional[str], env: Mapping[str, str] = os.environ) -> str:
+    """The name a bare server registers itself under: the argument, else $PORTAL_ENV_NAME,
+    else its script's (`envs/ale/env_main.py` -> "ale", `cart_server.py` -> "cart_server")."""
+    name = explicit or env.get(NAME_VAR)
+    if name:
+        return name
+    script = sys.argv[0] if sys.argv else ""
+    if script in ("", "-c", "-m"):
+        return "default"
+    path = Path(script).resolve()
+    return path.parent.name if path.name == "env_main.py" else path.stem
+
+
 def container_name(env_name: str) -> str:
     """The container (and host) name of env_name's server: `env_portal_<name>`, the seed's."""
     return DOCKER_HOST_PREFIX + env_name
@@ -127,14 +143,15 @@ def agent_address(
     address: Optional[str],
     agent_in_docker: bool,
     env: Mapping[str, str] = os.environ,
-) -> Address:
-    """The address an agent connects to for env_name."""
+) -> Optional[Address]:
+    """The address an agent was told to use for env_name, if any: an explicit address,
+    else $PORTAL_ENV_ADDRESS, else (in a container) the env's container by name."""
     text = address or env.get(ADDRESS_VAR)
     if text:
         return Address.parse(text)
     if agent_in_docker:  # the env's container is reachable by name on portal_env_net
         return Address(host=container_name(env_name), port=DEFAULT_PORT)
-    return Address(host=DEFAULT_HOST, port=DEFAULT_PORT)
+    return None
 
 
 def agent_endpoint(
@@ -146,18 +163,21 @@ def agent_endpoint(
 ) -> Tuple[Address, str]:
     """The address and token an agent uses for env_name.
 
-    An explicit address (argument or $PORTAL_ENV_ADDRESS) wins; else, outside
-    Docker, the registry record of a running portal named env_name; else the
-    defaults (127.0.0.1:7000 and the token a local server recorded for it).
+    An explicit address (argument, $PORTAL_ENV_ADDRESS, or the container name of an
+    agent in Docker) wins, with the given token or the one a local server recorded
+    for it; else the registry's record of the running portal named env_name (a
+    supervised portal, or a bare EnvSidePortal, which registers itself); else a
+    clear error listing the running portals.
     """
-    if not (address or env.get(ADDRESS_VAR)) and not agent_in_docker:
-        from .serving import registry  # lazily: the agent's import path stays light
-
-        record = registry.lookup(env_name)
-        if record is not None:
-            return Address.parse(record.address), token or record.token
     where = agent_address(env_name, address, agent_in_docker, env)
-    return where, explicit_token(token, env) or find_token(where)
+    if where is not None:
+        return where, explicit_token(token, env) or find_token(where)
+    from .serving import registry  # lazily: the agent's import path stays light
+
+    record = registry.lookup(env_name)
+    if record is None:
+        raise registry.not_running(env_name)
+    return Address.parse(record.address), token or record.token
 
 
 def _token_path(address: Address) -> Path:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from portal_env import config
-from portal_env.errors import AlreadyRunningError
+from portal_env.errors import AlreadyRunningError, RegistryError
 from portal_env.portal import wire
 from portal_env.serving import registry
 
@@ -92,7 +92,9 @@ def test_agent_endpoint_prefers_explicit_address_then_registry(monkeypatch: pyte
         wire.Address(port=9),
         "tok",
     )
-    with pytest.raises(Exception, match="no token"):  # not in the registry: old defaults
+    with pytest.raises(
+        RegistryError, match=r"no portal named 'other' is running \(running: mycart\)"
+    ):
         config.agent_endpoint("other", None, None, False)
 
 

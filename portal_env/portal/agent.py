@@ -6,8 +6,31 @@ from typing import Any, Dict, List, Optional, Sequence, SupportsFloat, Tuple
 
 import gymnasium
 
+from ..errors import RemoteEnvError
 from . import fastpath, spaces
 from .client import DEFAULT_TIMEOUT, Client
+
+
+def make_remote(
+    client: Client, env_name: str, env_args: List[Any], env_kwargs: Dict[str, Any], *extra: Any
+) -> Dict[str, Any]:
+    """Make the env on the server ("make", or "make_vec" with extra); a factory that rejects
+    the arguments is reported with what the agent passed and what to pass instead."""
+    op = "make_vec" if extra else "make"
+    try:
+        return client.call(op, *extra, env_args, env_kwargs)
+    except RemoteEnvError as exc:
+        client.close()  # no env was made on it
+        if exc.remote_type != "TypeError":
+            raise
+        raise RemoteEnvError(
+            exc.remote_type,
+            f"the env factory of portal {env_name!r} rejected env_args={env_args!r}, "
+            f"env_kwargs={env_kwargs!r}: {exc.remote_message}. Pass the arguments its "
+            f"factory expects, e.g. AgentSidePortal({env_name!r}, env_args=['<env id>']) "
+            "for a portal serving gymnasium.make",
+            exc.remote_traceback,
+        ) from None
 
 
 class AgentSidePortal(gymnasium.Env):
@@ -23,6 +46,8 @@ class AgentSidePortal(gymnasium.Env):
         token: The server's token (default: $PORTAL_ENV_TOKEN, $PORTAL_ENV_TOKEN_FILE, or the
             token a local server recorded for that address).
         timeout: Seconds to wait for any one call before giving up.
+        render_mode: Passed to the factory as env_kwargs["render_mode"] (what
+            gymnasium.make(..., render_mode=...) does).
     """
 
     def __init__(
@@ -34,10 +59,13 @@ class AgentSidePortal(gymnasium.Env):
         address: Optional[str] = None,
         token: Optional[str] = None,
         timeout: Optional[float] = DEFAULT_TIMEOUT,
+        render_mode: Optional[str] = None,
     ) -> None:
         self.env_name = env_name
         self.env_args: List[Any] = list(env_args or [])
         self.env_kwargs: Dict[str, Any] = dict(env_kwargs or {})
+        if render_mode is not None:
+            self.env_kwargs["render_mode"] = render_mode
         self._connect_args = (address, token, agent_in_docker, timeout)
         self._closed = False
         self._connect()
@@ -45,7 +73,7 @@ class AgentSidePortal(gymnasium.Env):
     def _connect(self) -> None:
         """Connect, make the remote env and take its spaces and metadata."""
         self._client = Client.for_env(self.env_name, *self._connect_args)
-        description = self._client.call("make", self.env_args, self.env_kwargs)
+        description = make_remote(self._client, self.env_name, self.env_args, self.env_kwargs)
         self.observation_space = spaces.decode_space(description["observation_space"])
         self.action_space = spaces.decode_space(description["action_space"])
         self.metadata = description["metadata"]

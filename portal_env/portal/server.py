@@ -135,6 +135,9 @@ class EnvSidePortal:
             $PORTAL_ENV_TOKEN_FILE, else a new random token recorded for agents of this user).
         socket_path: Listen on this Unix socket instead of TCP (default: $PORTAL_ENV_SOCKET).
         max_frame_bytes: Frames larger than this close the connection that sent them.
+        name: The portal name a server started without a supervisor registers under, so
+            agents find it by name (default: $PORTAL_ENV_NAME, else its script's directory
+            for `env_main.py`, else the script's name).
     """
 
     def __init__(
@@ -146,6 +149,7 @@ class EnvSidePortal:
         *,
         socket_path: Optional[str] = None,
         max_frame_bytes: int = wire.DEFAULT_MAX_FRAME,
+        name: Optional[str] = None,
     ) -> None:
         if not callable(env_factory):
             raise TypeError(f"env_factory must be callable, got {env_factory!r}")
@@ -170,7 +174,26 @@ class EnvSidePortal:
         self._channels: Set[wire.Channel] = set()
         self._lock = threading.Lock()
         self._closed = False
+        self._registered: Optional[str] = None
+        if not os.environ.get(config.SUPERVISED_VAR):
+            self._register(config.portal_name(name))
         self._write_ready_file()
+
+    def _register(self, name: str) -> None:
+        """Record this unsupervised server under name, where agents look names up."""
+        from ..serving import registry
+
+        try:
+            registry.register_server(name, str(self.address), self.token, os.getcwd())
+        except PortalEnvError as exc:  # e.g. the name is taken: serve, unlisted
+            logger.warning(
+                "not registered as portal %r (%s); agents must pass address=%r and the "
+                "token, or give this server another name (name=..., $%s)",
+                name, exc, str(self.address), config.NAME_VAR,
+            )  # fmt: skip
+            return
+        self._registered = name
+        logger.info("registered as portal %r: AgentSidePortal(%r, env_args=...)", name, name)
 
     def _write_ready_file(self) -> None:
         target = os.environ.get(config.READY_FILE_VAR)
@@ -289,6 +312,10 @@ class EnvSidePortal:
             os.unlink(self.address.path)
         if self._token_file is not None:
             self._token_file.unlink(missing_ok=True)
+        if self._registered is not None:
+            from ..serving import registry
+
+            registry.release(self._registered, os.getpid())
 
     def __enter__(self) -> EnvSidePortal:
         return self

@@ -9,6 +9,7 @@ import numpy as np
 from gymnasium.vector.utils import batch_space
 
 from . import fastpath, spaces
+from .agent import make_remote
 from .client import DEFAULT_TIMEOUT, Client
 
 
@@ -30,7 +31,7 @@ class PortalVectorEnv(gymnasium.vector.VectorEnv):
         self.num_envs = num_envs
         self._client = Client.for_env(env_name, address, token, agent_in_docker, timeout)
         args, kwargs = list(env_args or []), dict(env_kwargs or {})
-        description = self._client.call("make_vec", num_envs, args, kwargs)
+        description = make_remote(self._client, env_name, args, kwargs, num_envs)
         self.single_observation_space = spaces.decode_space(description["observation_space"])
         self.single_action_space = spaces.decode_space(description["action_space"])
         self.observation_space = batch_space(self.single_observation_space, num_envs)

@@ -300,6 +300,7 @@ class DockerRuntime:
                     config.HOST_VAR: "0.0.0.0",
                     config.PORT_VAR: str(SERVER_PORT),
                     config.TOKEN_FILE_VAR: TOKEN_PATH,
+                    config.SUPERVISED_VAR: "1",
                     "PYTHONPATH": LIB,
                     "PYTHONUNBUFFERED": "1",
                 },
@@ -383,7 +384,8 @@ def _supervisor_alive(container: Any) -> bool:
 
 
 def reap_orphans(docker_client: Any) -> List[str]:
-    """Remove this user's portal containers whose supervisor is gone (e.g. SIGKILLed)."""
+    """Remove this user's portal containers whose supervisor is gone (e.g. SIGKILLed);
+    the names of their portals."""
     reaped = []
     for container in docker_client.containers.list(
         all=True, filters={"label": f"{LABEL_OWNER}={owner()}"}
@@ -391,7 +393,7 @@ def reap_orphans(docker_client: Any) -> List[str]:
         if not _supervisor_alive(container):
             logger.warning("reaping container %s: its supervisor is gone", container.name)
             container.remove(force=True)
-            reaped.append(container.name)
+            reaped.append(container.labels.get(LABEL_PORTAL, container.name))
     return reaped
 
 

@@ -147,13 +147,48 @@ def write(record: Record) -> None:
 def claim(record: Record) -> None:
     """Register a starting portal; AlreadyRunningError if its name is taken."""
     with locked():
-        current = get(record.name)
-        if current is not None:
-            raise AlreadyRunningError(
-                f"portal {record.name!r} is already running (pid {current.supervisor_pid}); "
-                f"stop it first: portal-env stop {record.name}"
-            )
+        refuse_running(record.name)
         write(record)
+
+
+def register_server(name: str, address: str, token: str, env_dir: str) -> Record:
+    """Register a server that runs without a supervisor (a bare EnvSidePortal) as ready,
+    owned by this process; AlreadyRunningError if the name is taken."""
+    pid = os.getpid()
+    record = Record(
+        name=name,
+        backend="process",
+        env_dir=env_dir,
+        token=token,
+        supervisor_pid=pid,
+        supervisor_start=process_start_time(pid),
+        server_pid=pid,
+        log_path="",
+        address=address,
+        state=READY,
+    )
+    claim(record)
+    return record
+
+
+def refuse_running(name: str) -> None:
+    """AlreadyRunningError if a portal called name is running."""
+    current = get(name)
+    if current is not None:
+        raise AlreadyRunningError(
+            f"portal {name!r} is already running (pid {current.supervisor_pid}); "
+            f"stop it first: portal-env stop {name}"
+        )
+
+
+def not_running(name: str) -> RegistryError:
+    """The error for a portal name that is not running, listing those that are."""
+    names = ", ".join(r.name for r in all_records()) or "none"
+    return RegistryError(
+        f"no portal named {name!r} is running (running: {names}). Start it with "
+        f"`portal-env start {name}` (or portal_env.serve), or pass address= and token= "
+        "for a server started another way."
+    )
 
 
 def update(name: str, supervisor_pid: int, **changes: Any) -> Record:

@@ -14,10 +14,12 @@ a line for each supervisor event, go to the portal's log file.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import secrets
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +44,8 @@ class Policy:
         backoff: Delays before successive restarts (the last one repeats).
         max_failures: Deaths tolerated within failure_window before giving up.
         failure_window: Seconds over which deaths are counted.
-        host: Interface the server binds.
+        host: Interface the server binds over TCP; None: a private Unix socket for a
+            runtime on this host, else loopback.
     """
 
     ready_timeout: float = 120.0
@@ -50,7 +53,7 @@ class Policy:
     backoff: Tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
     max_failures: int = 5
     failure_window: float = 60.0
-    host: str = config.DEFAULT_HOST
+    host: Optional[str] = None
 
 
 class Supervisor:
@@ -155,7 +158,8 @@ class Supervisor:
 
     def _socket_path(self) -> Optional[str]:
         """A private Unix socket for a local server: ~14 us a step faster than TCP."""
-        directory = config.socket_dir() if self.runtime.local else None
+        local = self.runtime.local and self.policy.host is None
+        directory = config.socket_dir() if local else None
         if directory is None:
             return None
         return str(directory / f"{self.name[:40]}-{secrets.token_hex(4)}.sock")
@@ -165,12 +169,13 @@ class Supervisor:
         self.ready_file.unlink(missing_ok=True)
         offset = self.log_path.stat().st_size
         env = {
-            config.HOST_VAR: self.policy.host,
+            config.HOST_VAR: self.policy.host or config.DEFAULT_HOST,
             config.PORT_VAR: str(port),
             config.TOKEN_VAR: self.token,
             config.READY_FILE_VAR: str(self.ready_file),
             config.SOCKET_VAR: self.socket_path or "",
             config.TOKEN_FILE_VAR: "",
+            config.SUPERVISED_VAR: "1",
         }
         self._event(f"starting the server ({self.runtime.backend} runtime {self.runtime.location})")
         self.handle = self.runtime.launch(env, self._log)
@@ -278,6 +283,18 @@ class Supervisor:
         deadline = time.monotonic() + seconds
         while not self._stopping and time.monotonic() < deadline:
             time.sleep(min(0.05, seconds))
+
+
+def stop_when_closed(sup: Supervisor, fd: int) -> None:
+    """Stop sup once the write end of pipe fd closes: its starter ended, however it ended."""
+
+    def wait() -> None:
+        with contextlib.suppress(OSError):
+            while os.read(fd, 1):
+                pass
+        sup.stop()
+
+    threading.Thread(target=wait, name="portal-env-lifeline", daemon=True).start()
 
 
 def _port_free(address: wire.Address) -> bool:
