@@ -129,6 +129,12 @@ def _docker_options(command: Any) -> Any:
 @click.option("-d", "--detach", is_flag=True, help="Run in the background; stop with `stop`.")
 @click.option("-f", "--force", is_flag=True, help="Rebuild the runtime even if it is cached.")
 @click.option("--ready-timeout", default=120.0, show_default=True, help="Seconds to wait.")
+@click.option(
+    "--host",
+    default=None,
+    help="Listen on this interface over TCP (a free port), for agents on other nodes; "
+    "default: private to this host. The token stays in the 0600 registry.",
+)
 @_docker_options
 def start(
     name: str,
@@ -137,6 +143,7 @@ def start(
     detach: bool,
     force: bool,
     ready_timeout: float,
+    host: Optional[str],
     base_image: Optional[str],
     ca_bundle: Optional[Path],
 ) -> None:
@@ -149,7 +156,7 @@ def start(
         _refuse_running(name)
         docker_options = {"base_image": base_image, "ca_bundle": ca_bundle}
         runtime = _ensure(source, backend, force, **docker_options)
-        policy = supervisor.Policy(ready_timeout=ready_timeout)
+        policy = supervisor.Policy(ready_timeout=ready_timeout, host=host)
         if detach:
             _start_detached(source, backend, path, policy, docker_options)
         else:
@@ -431,6 +438,7 @@ def _start_detached(
     for option, value in docker.items():
         command += [f"--{option.replace('_', '-')}", str(value)] if value else []
     command += ["--ready-timeout", str(policy.ready_timeout)]
+    command += ["--host", policy.host] if policy.host else []
     out_path = registry.logs_dir() / f"{source.name}.supervisor.log"
     fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as out:
