@@ -11,6 +11,7 @@ its step never resent; reset() reconnects to it once it is back.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -121,10 +122,13 @@ class MultiServerVectorEnv(gymnasium.vector.VectorEnv):
             if len(seeds) != self.num_envs:
                 raise ValueError(f"reset(seed=...) got {len(seeds)} seeds for {self.num_envs} envs")
         self._reconnect_lost()
-        results = [
-            part.reset(seed=seeds[lo : lo + n], options=options)
-            for part, lo, n in zip(self._parts, self.offsets, self.sizes)
+        jobs = [
+            (part, seeds[lo : lo + n]) for part, lo, n in zip(self._parts, self.offsets, self.sizes)
         ]
+        # resets can be slow (emulators): one thread per server, as a reset is not the hot path
+        with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
+            futures = [pool.submit(part.reset, seed=block, options=options) for part, block in jobs]
+            results = [future.result() for future in futures]
         obs = _concat(self.single_observation_space, [r[0] for r in results])
         return obs, _merge_infos([r[1] for r in results], self.sizes)
 
