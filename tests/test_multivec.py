@@ -131,3 +131,22 @@ def test_no_server_anywhere_names_the_setting(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setenv(config.REGISTRY_DIR_VAR, str(tmp_path / "empty"))
     with pytest.raises(PortalEnvError, match="PORTAL_ENV_REGISTRY_DIR"):
         multivec.make_vec("nothing", 8)
+
+
+def test_min_servers_waits_for_late_servers_then_says_which_are_missing(
+    job_registry, tmp_path: Path
+):
+    import threading
+
+    late = start_server(tmp_path)
+    try:
+        timer = threading.Timer(1.0, _register, (late, "n3"))
+        timer.start()
+        vec = multivec.make_vec("custom", 6, ["CartPole-v1"], min_servers=3, timeout=30)
+        timer.join()
+        assert [e.node for e in vec.endpoints] == ["n1", "n2", "n3"] and vec.sizes == [2, 2, 2]
+        vec.close()
+    finally:
+        late.stop()
+    with pytest.raises(PortalEnvError, match=r"only 2 of 4 servers .* nodes n1, n2"):
+        multivec.make_vec("custom", 6, ["CartPole-v1"], min_servers=4, timeout=0.5)

@@ -190,8 +190,10 @@ def test_job_learner_steps_one_vector_env_over_servers_on_both_nodes(job: Job):
     learner = _learner(
         job.tmp,
         """
-        servers = wait_servers(2)
-        vec = multivec.make_vec("mycart", num_envs=8, env_args=["CartPole-v1"])
+        # as in the README's job: wait for a server on each of the job's nodes
+        nodes = int(os.environ["SLURM_JOB_NUM_NODES"])
+        vec = multivec.make_vec("mycart", 8, ["CartPole-v1"], min_servers=nodes, timeout=120)
+        servers = registry.lookup_all("mycart")
         local = SyncVectorEnv([lambda: gymnasium.make("CartPole-v1") for _ in range(8)])
         got, expected = trajectory(vec, 3, 300), trajectory(local, 3, 300)
         assert_identical(got, expected)

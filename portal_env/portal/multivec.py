@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -40,11 +41,23 @@ class Endpoint:
         return f"{self.address} (node {self.node})" if self.node else self.address
 
 
-def registered_endpoints(env_name: str) -> List[Endpoint]:
-    """Every ready server registered for env_name, across nodes (this node's first)."""
+def registered_endpoints(env_name: str, min_servers: int = 1, wait: float = 0.0) -> List[Endpoint]:
+    """Every ready server registered for env_name, across nodes (this node's first);
+    waits up to wait seconds until there are min_servers of them."""
     from ..serving import registry  # lazily: the agent's import path stays light
 
+    deadline = time.monotonic() + wait
     records = registry.lookup_all(env_name)
+    while len(records) < min_servers and time.monotonic() < deadline:
+        time.sleep(0.2)
+        records = registry.lookup_all(env_name)
+    if records and len(records) < min_servers:
+        raise PortalEnvError(
+            f"only {len(records)} of {min_servers} servers of {env_name!r} were ready in "
+            f"{registry.portals_dir()} after {wait:.0f}s (on nodes "
+            f"{', '.join(r.node for r in records)}); see `portal-env logs {env_name}` on the "
+            "others, or lower min_servers."
+        )
     if not records:
         raise PortalEnvError(
             f"no server of {env_name!r} is registered in {registry.portals_dir()}. Start one "
@@ -284,13 +297,16 @@ def make_vec(
     token: Optional[str] = None,
     timeout: Optional[float] = DEFAULT_TIMEOUT,
     addresses: Optional[Sequence[str]] = None,
+    min_servers: Optional[int] = None,
 ) -> gymnasium.vector.VectorEnv:
     """N instances of env_name's env as one VectorEnv, spread over every server of it.
 
     With addresses=[...] (each "host:port" or "unix:/path", all with token, else
     the registry's token for that address), over those servers; with address=...
     or agent_in_docker, over that one server, as portal_env.make_vec; else over
-    every server registered for env_name on any node (see registry.lookup_all).
+    every server registered for env_name on any node (see registry.lookup_all); with
+    min_servers=K, first waiting up to timeout seconds until K servers are ready (a
+    learner started with the servers of a job: K = $SLURM_JOB_NUM_NODES).
     """
     if address is not None or agent_in_docker:
         return PortalVectorEnv(
@@ -301,6 +317,8 @@ def make_vec(
         endpoints = [known.get(a, Endpoint(a)) for a in addresses]
         if token is not None:
             endpoints = [Endpoint(e.address, token, e.node) for e in endpoints]
+    elif min_servers:
+        endpoints = registered_endpoints(env_name, min_servers, timeout or DEFAULT_TIMEOUT)
     else:
         endpoints = registered_endpoints(env_name)
     if len(endpoints) == 1:
