@@ -23,10 +23,18 @@ from typing import Dict, Iterator, List
 
 import pytest
 
+from . import test_conda
 from .conftest import pid_alive, wait_gone
 from .slurmcluster import SlurmCluster, missing_programs
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(600)]
+
+# the conda tests' local channel and locked CartPole env (fixtures)
+channel, locked_template, env_dir = (
+    test_conda.channel,
+    test_conda.locked_template,
+    test_conda.env_dir,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -135,7 +143,7 @@ export PORTAL_ENV_REGISTRY_DIR="$JOB_BASE/job-$SLURM_JOB_ID/registry"
 SERVERS = """
 srun --nodes=$SLURM_JOB_NUM_NODES --ntasks-per-node=1 --label bash -c \\
     'export PORTAL_ENV_RUNTIME_DIR=$RUN_BASE/$SLURMD_NODENAME;
-     exec $PYTHON -m portal_env.cli start mycart -p $ENV_DIR -b venv {host}' &
+     exec $PYTHON -m portal_env.cli start mycart -p $ENV_DIR -b ${{BACKEND:-venv}} {host}' &
 """
 
 LEARNER = """
@@ -299,3 +307,39 @@ def test_two_nodes_start_one_env_at_once_on_an_empty_shared_cache(job: Job, tmp_
     output = job.wait(60)
     assert output.count("built the venv for mycart") == 1, output  # one built, one waited
     assert job.records() == []
+
+
+@pytest.mark.conda
+def test_job_serves_mm_offline_from_the_shared_cache_on_both_nodes(
+    slurm: SlurmCluster, tmp_path: Path, env_dir: Path
+):
+    built = subprocess.run(  # login node: the prefix from the local conda channel
+        [PYTHON, "-m", "portal_env.cli", "build", "-e", "mycart", "-p", str(env_dir), "-b", "mm"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    job = Job(slurm, tmp_path, env_dir)
+    try:
+        learner = _learner(
+            job.tmp,
+            """
+            vec = multivec.make_vec("mycart", 6, ["CartPole-v1"], min_servers=2, timeout=120)
+            local = SyncVectorEnv([lambda: gymnasium.make("CartPole-v1") for _ in range(6)])
+            assert_identical(trajectory(vec, 5, 100), trajectory(local, 5, 100))
+            json.dump(dict(nodes=[e.node for e in vec.endpoints],
+                           backends=[r.backend for r in registry.lookup_all("mycart")]),
+                      open(os.environ["RESULT"], "w"))
+            vec.close()
+            """,
+        )
+        job.submit(
+            SERVERS.format(host="--host 127.0.0.1") + f"cd {ROOT} && $PYTHON {learner}\n",
+            BACKEND="mm",
+            PORTAL_ENV_OFFLINE="1",  # compute nodes: a cache miss would fail, not build
+        )
+        output = job.wait()
+        result = json.loads(job.result.read_text())
+        assert result == {"nodes": ["n1", "n2"], "backends": ["micromamba"] * 2}, output
+        assert "built the" not in output and job.records() == []
+    finally:
+        job.cleanup()
