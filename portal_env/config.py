@@ -25,6 +25,7 @@ directory, keyed by its address, where an agent of the same user finds it.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import secrets
 import stat
@@ -34,6 +35,8 @@ from typing import Mapping, Optional, Tuple
 
 from .errors import PortalEnvError
 from .portal.wire import Address
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7000
@@ -144,7 +147,13 @@ def socket_dir() -> Optional[Path]:
     candidates.append(Path(tempfile.gettempdir()) / f"portal-env-{os.getuid()}")
     candidates.append(Path("/tmp") / f"portal-env-{os.getuid()}")
     for path in candidates:
-        if len(os.fsencode(str(path))) <= _SOCKET_DIR_MAX and _private_dir(path):
+        if len(os.fsencode(str(path))) > _SOCKET_DIR_MAX:
+            logger.warning(
+                "not putting Unix sockets in %s: longer than %d bytes (socket paths are "
+                "limited to 107); set %s to a shorter node-local directory",
+                path, _SOCKET_DIR_MAX, RUNTIME_DIR_VAR,
+            )  # fmt: skip
+        elif _private_dir(path):
             return path
     return None
 
