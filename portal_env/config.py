@@ -8,6 +8,15 @@ The supervisor hands a server its settings through these environment variables:
 - ``PORTAL_ENV_READY_FILE``: the server writes its bound address there once listening.
 - ``PORTAL_ENV_SPIN_US``: the longest a receiver polls before blocking (default 1000; 0: never).
 
+Where portal-env keeps things on a cluster:
+
+- ``PORTAL_ENV_REGISTRY_DIR``: the registry's records (default ``<state dir>/portals``); on a
+  cluster, a directory every node of a job sees (e.g. on the shared filesystem).
+- ``PORTAL_ENV_RUNTIME_DIR``: a node-local directory for Unix sockets and ready files
+  (default ``$XDG_RUNTIME_DIR/portal-env``, else ``$TMPDIR/portal-env-UID``).
+- ``PORTAL_ENV_NODE``: this node's name in registry records (default ``$SLURMD_NODENAME``,
+  else the host name).
+
 An agent reads ``PORTAL_ENV_ADDRESS`` and the same token variables. A server
 given no token generates one and records it in the user's private state
 directory, keyed by its address, where an agent of the same user finds it.
@@ -16,6 +25,7 @@ directory, keyed by its address, where an agent of the same user finds it.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import secrets
 import stat
@@ -26,6 +36,8 @@ from typing import Mapping, Optional, Tuple
 
 from .errors import PortalEnvError
 from .portal.wire import Address
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7000
@@ -56,6 +68,12 @@ def spin_us(env: Mapping[str, str] = os.environ) -> float:
 
 
 CACHE_DIR_VAR = "PORTAL_ENV_CACHE_DIR"
+REGISTRY_DIR_VAR = "PORTAL_ENV_REGISTRY_DIR"
+RUNTIME_DIR_VAR = "PORTAL_ENV_RUNTIME_DIR"
+NODE_VAR = "PORTAL_ENV_NODE"
+# AF_UNIX paths are limited to 107 bytes; leave room for `/<name[:24]>-<8 hex>.sock`.
+SOCKET_NAME_MAX = 24
+_SOCKET_DIR_MAX = 107 - 1 - SOCKET_NAME_MAX - len("-12345678.sock")
 
 
 def state_dir() -> Path:
@@ -88,21 +106,70 @@ def cache_dir() -> Path:
     return path
 
 
-def socket_dir() -> Optional[Path]:
-    """A short private directory for Unix sockets, or None if it cannot be trusted.
+def registry_dir() -> Path:
+    """The directory of registry records ($PORTAL_ENV_REGISTRY_DIR, else in the state dir).
 
-    Not the state directory: socket paths are limited to ~100 bytes, and state
-    directories (or test temp dirs) can be longer than that.
+    Records hold tokens: the directory must be ours and private (0700), else anyone who
+    can write there could point our agents at their own server.
     """
-    path = Path(tempfile.gettempdir()) / f"portal-env-{os.getuid()}"
-    try:
+    explicit = os.environ.get(REGISTRY_DIR_VAR)
+    if not explicit:
+        path = state_dir() / "portals"
         path.mkdir(mode=0o700, exist_ok=True)
+        return path
+    path = Path(explicit)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.stat()
+    if info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise PortalEnvError(
+            f"the registry directory {path} ({REGISTRY_DIR_VAR}) must be yours and private "
+            f"(mode {stat.S_IMODE(info.st_mode):o}, owner uid {info.st_uid}); "
+            f"run: chmod 700 {path}, or point {REGISTRY_DIR_VAR} at a directory of yours"
+        )
+    return path
+
+
+def node_name() -> str:
+    """This node's name in registry records: $PORTAL_ENV_NODE, $SLURMD_NODENAME, host name."""
+    import socket
+
+    return os.environ.get(NODE_VAR) or os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+
+
+def socket_dir() -> Optional[Path]:
+    """A short private node-local directory for Unix sockets, or None if none can be trusted.
+
+    Never derived from the state, cache or registry directories: those may be long (socket
+    paths are limited to 107 bytes) or on a shared filesystem (sockets are node-local).
+    """
+    candidates = []
+    if os.environ.get(RUNTIME_DIR_VAR):
+        candidates.append(Path(os.environ[RUNTIME_DIR_VAR]))
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        candidates.append(Path(os.environ["XDG_RUNTIME_DIR"]) / "portal-env")
+    candidates.append(Path(tempfile.gettempdir()) / f"portal-env-{os.getuid()}")
+    candidates.append(Path("/tmp") / f"portal-env-{os.getuid()}")
+    for path in candidates:
+        if len(os.fsencode(str(path))) > _SOCKET_DIR_MAX:
+            logger.warning(
+                "not putting Unix sockets in %s: longer than %d bytes (socket paths are "
+                "limited to 107); set %s to a shorter node-local directory",
+                path, _SOCKET_DIR_MAX, RUNTIME_DIR_VAR,
+            )  # fmt: skip
+        elif _private_dir(path):
+            return path
+    return None
+
+
+def _private_dir(path: Path) -> bool:
+    """Make path (0700) if needed; whether it is a directory only we can use."""
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
         info = path.lstat()
     except OSError:
-        return None
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
-        return None  # someone else made it: do not put our sockets there
-    return path
+        return False
+    # someone else made it, or made it open: do not put our sockets there
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o077
 
 
 def server_address(

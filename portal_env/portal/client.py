@@ -86,6 +86,30 @@ class Client:
             return self.layout.decode_result(payload)
         return self._unwrap("step", channel.decode(payload))
 
+    def send_step(self, action: Any) -> None:
+        """The first half of step(): send the request only (for stepping several servers
+        at once: send to each, then recv_step() from each). Returns before the reply."""
+        if self.broken:
+            self._guarded("step", lambda: None)  # raises: the connection was lost earlier
+        request = self.layout.encode_action(action) if self.layout is not None else None
+        try:
+            if request is None:
+                self._channel.send(["step", action])
+            else:
+                self._channel.send_parts(wire.FAST_STEP, [request], len(request))
+        except (PortalConnectionError, OSError) as exc:
+            raise self._lost("step", exc) from exc
+
+    def recv_step(self) -> Any:
+        """The second half of step(): the result of the request send_step() sent."""
+        try:
+            kind, payload = self._channel.recv_frame()
+        except (PortalConnectionError, OSError) as exc:
+            raise self._lost("step", exc) from exc
+        if kind == wire.FAST_REPLY:
+            return self.layout.decode_result(payload)
+        return self._unwrap("step", self._channel.decode(payload))
+
     def _guarded(self, op: str, exchange: Callable[[], Any]) -> Any:
         if self.broken:
             raise PortalConnectionError(

@@ -44,8 +44,9 @@ class Policy:
         backoff: Delays before successive restarts (the last one repeats).
         max_failures: Deaths tolerated within failure_window before giving up.
         failure_window: Seconds over which deaths are counted.
-        host: Interface the server binds over TCP; None: a private Unix socket for a
-            runtime on this host, else loopback.
+        host: Interface the server binds, over TCP (e.g. a node's address on a cluster,
+            where agents on other nodes connect); None: private to this host (a Unix socket
+            for a local runtime, else TCP on loopback).
     """
 
     ready_timeout: float = 120.0
@@ -79,7 +80,7 @@ class Supervisor:
         self.policy = policy
         self.token = secrets.token_urlsafe(32)
         self.log_path = registry.log_path(name)
-        self.ready_file = registry.logs_dir() / f".{name}.ready"
+        self.ready_file = _ready_file(name)
         self.handle: Optional[ServerHandle] = None
         self.record: Optional[registry.Record] = None
         self.address: Optional[wire.Address] = None
@@ -158,11 +159,11 @@ class Supervisor:
 
     def _socket_path(self) -> Optional[str]:
         """A private Unix socket for a local server: ~14 us a step faster than TCP."""
-        local = self.runtime.local and self.policy.host is None
-        directory = config.socket_dir() if local else None
+        private = self.runtime.local and self.policy.host is None
+        directory = config.socket_dir() if private else None
         if directory is None:
             return None
-        return str(directory / f"{self.name[:40]}-{secrets.token_hex(4)}.sock")
+        return str(directory / f"{self.name[: config.SOCKET_NAME_MAX]}-{secrets.token_hex(4)}.sock")
 
     def _launch(self, port: int) -> None:
         """Start a server and wait until it is ready; ServerStartError if it is not."""
@@ -197,7 +198,7 @@ class Supervisor:
                 )
             address = self._reported_address(handle)
             if address is not None and self._answers(address):
-                return wire.Address.parse(address)
+                return _reachable(wire.Address.parse(address))
             time.sleep(0.02)
         raise ServerStartError(
             f"the server of portal {self.name!r} did not answer within "
@@ -261,7 +262,11 @@ class Supervisor:
         self._sleep(delay)
         if self._stopping:
             return
-        port = self.address.port if self.address and _port_free(self.address) else 0
+        port = 0
+        if self.address is not None and self.address.path is None:
+            host = self.policy.host or config.DEFAULT_HOST
+            bound = wire.Address(host=host, port=self.address.port)
+            port = bound.port if _port_free(bound) else 0
         try:
             self._launch(port)
         except ServerStartError as exc:
@@ -295,6 +300,19 @@ def stop_when_closed(sup: Supervisor, fd: int) -> None:
         sup.stop()
 
     threading.Thread(target=wait, name="portal-env-lifeline", daemon=True).start()
+
+
+def _ready_file(name: str) -> Path:
+    """Where the server writes its address: node-local (a shared state dir mixes nodes)."""
+    directory = config.socket_dir() or registry.logs_dir()
+    return directory / f".{name}-{secrets.token_hex(4)}.ready"
+
+
+def _reachable(address: wire.Address) -> wire.Address:
+    """The address agents use: a server bound to every interface is reached by host name."""
+    if address.path is None and address.host in ("0.0.0.0", "::"):
+        return wire.Address(host=socket.gethostname(), port=address.port)
+    return address
 
 
 def _port_free(address: wire.Address) -> bool:
