@@ -247,12 +247,17 @@ def agent_endpoint(
     return Address.parse(record.address), token or record.token
 
 
+def tokens_dir() -> Path:
+    """Where tokens are kept for agents of this user (state dir, 0700 like it)."""
+    return state_dir() / "tokens"
+
+
 def _token_path(address: Address) -> Path:
     if address.path is not None:
         key = "unix-" + hashlib.sha256(address.path.encode()).hexdigest()[:16]
     else:  # keyed by port only: a server bound to 0.0.0.0 is reached as 127.0.0.1
         key = f"tcp-{address.port}"
-    return state_dir() / "tokens" / key
+    return tokens_dir() / key
 
 
 def explicit_token(token: Optional[str], env: Mapping[str, str] = os.environ) -> Optional[str]:

@@ -356,7 +356,7 @@ def _publish_host(env: Mapping[str, str]) -> str:
 def token_file(portal: str) -> Path:
     """The 0600 file holding portal's token: mounted into its container, and into agents'
     containers by their users (`portal-env token NAME --file`)."""
-    return config.state_dir() / "tokens" / f"portal-{portal}"
+    return config.tokens_dir() / f"portal-{portal}"
 
 
 def _write_token_file(portal: str, token: str) -> Path:
