@@ -8,9 +8,10 @@ What it does, all in one run on this machine:
    --host 127.0.0.1` for each env, and the learner on the first node, which times
    make_vec(NAME, num_envs=N) steps over the server of n1 alone (addresses=[...]) and over
    the servers of both nodes (found in the job's registry), alternating, best of R.
-3. "compute node without network": times `portal-env start NAME -d` to ready inside
+3. "compute node without network": times `portal-env start NAME` to ready inside
    `unshare --net` (no interface but loopback) from the cache built in 1, venv and mm (mm
-   from the local test conda channel of tests/conda_channel.py), median of R.
+   from the local test conda channel of tests/conda_channel.py), median of R: in the
+   foreground until its ready line (how srun runs it in a job) and with -d.
 
 Both "nodes" share this machine's 2 cores, so the 2-server figure shows the protocol's
 overhead and what concurrency buys on 2 cores, not what 2 real machines would give.
@@ -24,6 +25,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -166,13 +168,32 @@ def offline_starts(work: Path, env: Dict[str, str], repeats: int) -> Dict[str, L
     cli("lock", "condacart", "-p", str(conda_env), env=env)  # login node: lock, build
     cli("build", "-e", "condacart", "-p", str(conda_env), "-b", "mm", env=env)
     offline = ["unshare", "--net"]
-    times: Dict[str, List[float]] = {"venv": [], "mm": []}
+    times: Dict[str, List[float]] = {}
     for _ in range(repeats):
         for backend, name, path in (("venv", "cartpole", EXAMPLE), ("mm", "condacart", conda_env)):
-            start = ["start", name, "-p", str(path), "-b", backend, "-d"]
-            times[backend].append(cli(*start, env=env, prefix=offline))
+            start = ["start", name, "-p", str(path), "-b", backend]
+            key = f"{backend}, foreground (srun's way)"
+            times.setdefault(key, []).append(foreground_start(offline + CLI + start, env))
+            key = f"{backend}, start -d"
+            times.setdefault(key, []).append(cli(*start, "-d", env=env, prefix=offline))
             cli("stop", name, env=env)
     return times
+
+
+def foreground_start(command: List[str], env: Dict[str, str]) -> float:
+    """Seconds until a foreground `start` prints its ready line; then SIGTERM, as Slurm does."""
+    began = time.perf_counter()
+    proc = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    line = proc.stdout.readline()
+    elapsed = time.perf_counter() - began
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(60)
+    if "ready at" not in line:
+        raise SystemExit(f"{' '.join(command)} did not get ready: {line!r}")
+    return elapsed
 
 
 def main() -> None:
@@ -203,11 +224,9 @@ def main() -> None:
             f"{row['both']:>10,.0f} {ratio:>6.2f}"
         )
     print(f"\ncompute node (unshare --net): start -d to ready from the cache, {args.repeats} runs")
-    print(f"{'backend':<8} {'median s':>9} {'min s':>7} {'max s':>7}")
-    for backend, values in starts.items():
-        print(
-            f"{backend:<8} {statistics.median(values):9.2f} {min(values):7.2f} {max(values):7.2f}"
-        )
+    print(f"{'start':<32} {'median s':>9} {'min s':>7} {'max s':>7}")
+    for what, values in starts.items():
+        print(f"{what:<32} {statistics.median(values):9.2f} {min(values):7.2f} {max(values):7.2f}")
 
 
 if __name__ == "__main__":
