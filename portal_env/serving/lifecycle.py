@@ -293,7 +293,7 @@ def serve(
     lifeline_read, lifeline = (None, None) if detach else os.pipe()
     if lifeline_read is not None:
         job["lifeline_fd"] = lifeline_read
-    out_path = registry.logs_dir() / f"{source.name}.supervisor.log"
+    out_path = registry.log_path(source.name).with_suffix(".supervisor.log")  # per node
     fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as out:
         proc = subprocess.Popen(
