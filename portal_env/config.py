@@ -7,6 +7,10 @@ The supervisor hands a server its settings through these environment variables:
 - ``PORTAL_ENV_TOKEN``: the token; or ``PORTAL_ENV_TOKEN_FILE``, a file holding it.
 - ``PORTAL_ENV_READY_FILE``: the server writes its bound address there once listening.
 - ``PORTAL_ENV_SPIN_US``: the longest a receiver polls before blocking (default 1000; 0: never).
+- ``PORTAL_ENV_HANDSHAKE_TIMEOUT``: seconds a server gives a new connection to authenticate.
+- ``PORTAL_ENV_IDLE_TIMEOUT``: seconds a server keeps an authenticated, silent connection.
+- ``PORTAL_ENV_ALLOW_PICKLE``: ``1`` lets this side send and accept pickled values (trusted
+  peers only: unpickling runs code the peer chooses).
 
 An agent reads ``PORTAL_ENV_ADDRESS`` and the same token variables. A server
 given no token generates one and records it in the user's private state
@@ -15,15 +19,17 @@ directory, keyed by its address, where an agent of the same user finds it.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
 import secrets
 import stat
 import tempfile
 from pathlib import Path
-from typing import Mapping, Optional, Tuple
+from typing import Iterator, Mapping, Optional, Tuple, Union
 
-from .errors import PortalEnvError
+from .errors import DirectoryError, PortalEnvError
 from .portal.wire import Address
 
 DEFAULT_HOST = "127.0.0.1"
@@ -41,6 +47,10 @@ ADDRESS_VAR = "PORTAL_ENV_ADDRESS"
 STATE_DIR_VAR = "PORTAL_ENV_STATE_DIR"
 SPIN_VAR = "PORTAL_ENV_SPIN_US"
 DEFAULT_SPIN_US = 1000.0
+HANDSHAKE_TIMEOUT_VAR = "PORTAL_ENV_HANDSHAKE_TIMEOUT"
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+IDLE_TIMEOUT_VAR = "PORTAL_ENV_IDLE_TIMEOUT"
+ALLOW_PICKLE_VAR = "PORTAL_ENV_ALLOW_PICKLE"
 
 
 def spin_us(env: Mapping[str, str] = os.environ) -> float:
@@ -52,7 +62,79 @@ def spin_us(env: Mapping[str, str] = os.environ) -> float:
         raise PortalEnvError(f"{SPIN_VAR}={raw!r} is not a number of microseconds") from None
 
 
+def seconds(
+    value: Optional[float], var: str, default: Optional[float], env: Mapping[str, str] = os.environ
+) -> Optional[float]:
+    """A duration from an argument, else the variable var, else default (0 or empty: none)."""
+    if value is None:
+        raw = env.get(var, "")
+        if not raw:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise PortalEnvError(f"{var}={raw!r} is not a number of seconds") from None
+    if value < 0:
+        raise PortalEnvError(f"{var} (or its argument) must be >= 0 seconds, got {value!r}")
+    return value or None
+
+
+def allow_pickle(value: Optional[bool], env: Mapping[str, str] = os.environ) -> bool:
+    """Whether this side sends and accepts pickled values (argument, else the variable)."""
+    if value is not None:
+        return bool(value)
+    raw = env.get(ALLOW_PICKLE_VAR, "").strip().lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise PortalEnvError(f"{ALLOW_PICKLE_VAR}={raw!r}: use 1 (trusted peers only) or 0")
+
+
 CACHE_DIR_VAR = "PORTAL_ENV_CACHE_DIR"
+# Errors that mean "this directory cannot take our files", not a bug in the caller.
+_DIR_ERRNOS = (errno.EROFS, errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.ENOTDIR)
+
+
+def directory_error(exc: OSError, path: Union[str, Path], var: str) -> DirectoryError:
+    """A DirectoryError naming path, the setting var and what to do."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        why = "the disk (or quota) holding it is full"
+        todo = "free some space there"
+    elif exc.errno == errno.EROFS:
+        why = "it is on a read-only file system"
+        todo = "point it at a writable directory"
+    else:
+        why = exc.strerror or str(exc)
+        todo = "fix its permissions or point it at a directory you can write"
+    return DirectoryError(f"cannot write to {path} ({why}); {todo}: set {var}=DIR")
+
+
+@contextlib.contextmanager
+def writing_in(path: Union[str, Path], var: str) -> Iterator[None]:
+    """Turn a write failure in the directory path (var's) into a DirectoryError."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in _DIR_ERRNOS:
+            raise
+        raise directory_error(exc, path, var) from exc
+
+
+def _private_dir(path: Path, var: str) -> Path:
+    """Create path 0700 if needed and check that we can write there."""
+    with writing_in(path, var):
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not os.access(path, os.W_OK | os.X_OK):  # EROFS even for root
+            raise OSError(errno.EROFS if _read_only(path) else errno.EACCES, "not writable")
+    return path
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
 
 
 def state_dir() -> Path:
@@ -68,8 +150,7 @@ def state_dir() -> Path:
         except ImportError:  # a minimal runtime: same place platformdirs picks on Linux
             base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
             path = Path(base) / "portal-env"
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return path
+    return _private_dir(path, STATE_DIR_VAR)
 
 
 def cache_dir() -> Path:
@@ -81,8 +162,7 @@ def cache_dir() -> Path:
         import platformdirs
 
         path = Path(platformdirs.user_cache_dir("portal-env", appauthor=False))
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return path
+    return _private_dir(path, CACHE_DIR_VAR)
 
 
 def socket_dir() -> Optional[Path]:
@@ -189,10 +269,11 @@ def publish_token(address: Address) -> tuple:
     """Generate a token and record it privately for agents of this user; (token, path)."""
     token = secrets.token_urlsafe(32)
     path = _token_path(address)
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token)
+    with writing_in(path.parent, STATE_DIR_VAR):
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token)
     return token, path
 
 

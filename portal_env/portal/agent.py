@@ -22,7 +22,10 @@ class AgentSidePortal(gymnasium.Env):
         address: "host:port" or "unix:/path" (default: $PORTAL_ENV_ADDRESS, else 127.0.0.1:7000).
         token: The server's token (default: $PORTAL_ENV_TOKEN, $PORTAL_ENV_TOKEN_FILE, or the
             token a local server recorded for that address).
-        timeout: Seconds to wait for any one call before giving up.
+        timeout: Seconds to wait for any one call (and for connecting) before giving up.
+        allow_pickle: Accept (and send) pickled values for what the structured codec cannot
+            carry (default: $PORTAL_ENV_ALLOW_PICKLE, else no). Only for a server you trust
+            with a shell: unpickling runs code the server chooses.
     """
 
     def __init__(
@@ -34,11 +37,13 @@ class AgentSidePortal(gymnasium.Env):
         address: Optional[str] = None,
         token: Optional[str] = None,
         timeout: Optional[float] = DEFAULT_TIMEOUT,
+        *,
+        allow_pickle: Optional[bool] = None,
     ) -> None:
         self.env_name = env_name
         self.env_args: List[Any] = list(env_args or [])
         self.env_kwargs: Dict[str, Any] = dict(env_kwargs or {})
-        self._connect_args = (address, token, agent_in_docker, timeout)
+        self._connect_args = (address, token, agent_in_docker, timeout, allow_pickle)
         self._closed = False
         self._connect()
 

@@ -14,6 +14,8 @@ import dataclasses
 import json
 import logging
 import os
+import re
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,8 @@ from ..errors import AlreadyRunningError, RegistryError
 logger = logging.getLogger(__name__)
 
 STARTING, READY = "starting", "ready"
+# What a portal may be called: a record's file name, so no path separators or leading dot.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 @dataclass
@@ -72,14 +76,16 @@ class Record:
 def portals_dir() -> Path:
     """The directory of records (created 0700)."""
     path = config.state_dir() / "portals"
-    path.mkdir(mode=0o700, exist_ok=True)
+    with config.writing_in(path, config.STATE_DIR_VAR):
+        path.mkdir(mode=0o700, exist_ok=True)
     return path
 
 
 def logs_dir() -> Path:
     """The directory of server logs (created 0700)."""
     path = config.state_dir() / "logs"
-    path.mkdir(mode=0o700, exist_ok=True)
+    with config.writing_in(path, config.STATE_DIR_VAR):
+        path.mkdir(mode=0o700, exist_ok=True)
     return path
 
 
@@ -88,8 +94,18 @@ def log_path(name: str) -> Path:
     return logs_dir() / f"{name}.log"
 
 
+def check_name(name: str) -> str:
+    """name, if it can name a portal (letters, digits, '.', '_', '-'); else RegistryError."""
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise RegistryError(
+            f"{name!r} is not a portal name: use 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit (pass address=... to reach a server by address)"
+        )
+    return name
+
+
 def _record_path(name: str) -> Path:
-    return portals_dir() / f"{name}.json"
+    return portals_dir() / f"{check_name(name)}.json"
 
 
 @contextlib.contextmanager
@@ -138,10 +154,14 @@ def write(record: Record) -> None:
     """Write record atomically (0600)."""
     path = _record_path(record.name)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(dataclasses.asdict(record), f, indent=1)
-    os.replace(tmp, path)
+    try:
+        with config.writing_in(path.parent, config.STATE_DIR_VAR):
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(dataclasses.asdict(record), f, indent=1)
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # gone after os.replace; a partial one after a failure
 
 
 def claim(record: Record) -> None:
@@ -202,13 +222,31 @@ def lookup(name: str) -> Optional[Record]:
 def all_records() -> List[Record]:
     """Live records of every portal, by name (stale ones are removed)."""
     names = sorted(p.stem for p in portals_dir().glob("*.json"))
-    return [r for r in map(get, names) if r is not None]
+    return [r for r in map(get, filter(NAME_PATTERN.match, names)) if r is not None]
 
 
 def _remove_socket(address: Optional[str]) -> None:
-    """A killed supervisor leaves its server's Unix socket file behind."""
-    if address and address.startswith("unix:"):
-        Path(address[len("unix:") :]).unlink(missing_ok=True)
+    """A killed supervisor leaves its server's Unix socket file behind.
+
+    Only a socket file directly in our private socket directory is removed:
+    a record is a file, and whoever could write it must not get to name
+    another file for us to delete.
+    """
+    if not (isinstance(address, str) and address.startswith("unix:")):
+        return
+    path = Path(address[len("unix:") :])
+    directory = config.socket_dir()
+    if directory is None or os.path.realpath(path.parent) != os.path.realpath(directory):
+        logger.warning("not removing %s: it is outside the private socket directory", path)
+        return
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return
+    if stat.S_ISSOCK(info.st_mode) and info.st_uid == os.getuid():
+        path.unlink(missing_ok=True)
+    else:
+        logger.warning("not removing %s: it is not a socket of ours", path)
 
 
 def _read(path: Path) -> Optional[Record]:
