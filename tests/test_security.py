@@ -572,3 +572,31 @@ def test_refusal_log_is_throttled_and_names_the_peer(tmp_path, servers):
     left_out = [int(n) for n in re.findall(r"\.\.\. and (\d+) more like it", "\n".join(lines))]
     assert sum(left_out) + len(refusals) == 1000
     assert len(lines) < 30
+
+
+# -- the library leaves logging to the application (issue 11) -----------------------------
+
+
+def test_run_configures_logging_only_from_a_script_top_level():
+    code = (
+        "import logging, threading, time, gymnasium\n"
+        "from portal_env import EnvSidePortal\n"
+        "portal = EnvSidePortal(gymnasium.make, port=0, token='t')\n"
+        "thread = threading.Thread(target=portal.run)\n"  # called by threading, not __main__
+        "thread.start(); time.sleep(0.5)\n"
+        "print(len(logging.getLogger().handlers)); portal.close(); thread.join(5)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "0" and "serving on" not in done.stderr
+    code = (
+        "import gymnasium, logging\n"
+        "from portal_env import EnvSidePortal\n"
+        "portal = EnvSidePortal(gymnasium.make, port=0, token='t')\n"
+        "import threading; threading.Timer(0.5, portal.close).start()\n"
+        "portal.run()\n"  # a script's top level, like an env's env_main.py
+        "print(len(logging.getLogger().handlers))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "1" and "portal-env serving on" in done.stderr

@@ -6,6 +6,7 @@ from typing import Any, Dict, List, Optional, Sequence, SupportsFloat, Tuple
 
 import gymnasium
 
+from ..errors import ProtocolError
 from . import fastpath, spaces
 from .client import DEFAULT_TIMEOUT, Client
 
@@ -51,11 +52,18 @@ class AgentSidePortal(gymnasium.Env):
         """Connect, make the remote env and take its spaces and metadata."""
         self._client = Client.for_env(self.env_name, *self._connect_args)
         description = self._client.call("make", self.env_args, self.env_kwargs)
-        self.observation_space = spaces.decode_space(description["observation_space"])
-        self.action_space = spaces.decode_space(description["action_space"])
-        self.metadata = description["metadata"]
-        self.render_mode = description["render_mode"]
-        self.remote_spec_id: Optional[str] = description["spec_id"]
+        try:
+            self.observation_space = spaces.decode_space(description["observation_space"])
+            self.action_space = spaces.decode_space(description["action_space"])
+            self.metadata = dict(description["metadata"])
+            self.render_mode = description["render_mode"]
+            self.remote_spec_id: Optional[str] = description["spec_id"]
+        except (KeyError, TypeError, ValueError) as exc:  # not what a portal-env server sends
+            self._client.close(goodbye=False)
+            raise ProtocolError(
+                f"malformed env description from {self._client.address}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
         self._client.adopt_layout(fastpath.EnvLayout(self.observation_space, self.action_space))
 
     def reset(
