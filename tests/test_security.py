@@ -179,6 +179,37 @@ def test_connection_flood_under_fd_limit_keeps_serving(tmp_path, servers, many_f
         env_.step(0)
 
 
+def test_thread_start_failures_are_survived(tmp_path, servers):
+    # Limit the server's address space to a little more than it uses: a new thread's
+    # stack (8 MiB) soon cannot be mapped, and Thread.start() raises RuntimeError.
+    env = {"TEST_MAX_PENDING": "5000", "PORTAL_ENV_HANDSHAKE_TIMEOUT": "60"}
+    server = serve(tmp_path, env)
+    servers.append(server)
+    pid = server.proc.pid
+    with AgentSidePortal("custom", ["CartPole-v1"], **server.kwargs()) as env_:
+        env_.reset(seed=0)
+        status = Path(f"/proc/{pid}/status").read_text()
+        size = int(re.search(r"VmSize:\s+(\d+) kB", status).group(1)) * 1024
+        subprocess.run(["prlimit", f"--pid={pid}", f"--as={size + 48 * 2**20}:"], check=True)
+        target = Address.parse(server.address).target
+        attackers = [socket.create_connection(target, timeout=5) for _ in range(50)]
+        try:
+            for _ in range(200):
+                env_.step(0) if not env_.step(1)[2] else env_.reset()
+            time.sleep(0.5)
+            assert server.proc.poll() is None
+        finally:
+            for sock in attackers:
+                sock.close()
+            subprocess.run(["prlimit", f"--pid={pid}", "--as=unlimited:"], check=True)
+        for _ in range(20):
+            env_.step(0) if not env_.step(1)[2] else env_.reset()
+    with AgentSidePortal("custom", ["CartPole-v1"], **server.kwargs()) as env_:
+        env_.reset(seed=0)
+    server.stop()
+    assert "can't start new thread" in server.log.read_text()
+
+
 # -- 2. a tokenless impostor, a compromised env runtime -------------------------------------
 
 

@@ -93,11 +93,7 @@ def _is_int(value: Any) -> bool:
 class Session:
     """The state of one agent connection: at most one hosted env or vector env."""
 
-    def __init__(
-        self,
-        factory: EnvFactory,
-        channel: Optional[wire.Channel] = None,
-    ) -> None:
+    def __init__(self, factory: EnvFactory, channel: Optional[wire.Channel] = None) -> None:
         self.factory = factory
         self.channel = channel
         self.hosted: Any = None
@@ -197,10 +193,10 @@ class Session:
 
     def close(self) -> None:
         self.finished = True
-        self._withdraw_offer()
         self._drop()
 
     def _drop(self) -> None:
+        self._withdraw_offer()  # sized for the env that is going
         hosted, self.hosted, self.layout = self.hosted, None, None
         if self.channel is not None:
             self.channel.shm = None  # sized for the env that is going
@@ -411,9 +407,11 @@ class EnvSidePortal:
             evicted = None
             if len(self._pending) >= self.max_pending:
                 evicted = self._pending.popitem(last=False)
+                # Under the lock: its thread closes it only after taking the lock, so
+                # this never reaches a descriptor number already reused.
+                _shut(evicted[0])  # its handshake thread wakes up, fails and closes it
             self._pending[sock] = peer
         if evicted is not None:
-            _shut(evicted[0])  # its handshake thread wakes up, fails and closes it
             self._refusals.warning(
                 "dropped the oldest of %d unauthenticated connections (%s) for a new one from %s",
                 self.max_pending,
@@ -422,7 +420,7 @@ class EnvSidePortal:
             )
         try:
             threading.Thread(target=self._serve_connection, args=(sock, peer), daemon=True).start()
-        except RuntimeError as exc:  # "can't start new thread": out of memory or a ulimit
+        except (RuntimeError, MemoryError) as exc:  # "can't start new thread": memory, ulimit
             with self._lock:
                 self._pending.pop(sock, None)
             sock.close()
@@ -519,13 +517,12 @@ class EnvSidePortal:
                 return
             self._closed = True
             channels = list(self._channels)
-            pending = list(self._pending)
+            for sock in self._pending:  # under the lock, as in _admit
+                _shut(sock)
             self._pending.clear()
         self._stopped.set()
         _shut(self._listener)
         self._listener.close()
-        for sock in pending:
-            _shut(sock)
         for channel in channels:
             channel.close()
         if self._socket_id is not None and _file_id(self.address.path) == self._socket_id:
