@@ -121,6 +121,28 @@ def writing_in(path: Union[str, Path], var: str) -> Iterator[None]:
         raise directory_error(exc, path, var) from exc
 
 
+_FULL_MARKERS = ("No space left on device", "Disk quota exceeded", "os error 28", "Errno 28")
+
+
+def full_disk_hint(output: str) -> str:
+    """For a failed build's output: a sentence naming the cache dir and its setting when
+    the output says a disk was full and the cache's disk is (nearly) full; else ''."""
+    if not any(marker in output for marker in _FULL_MARKERS):
+        return ""
+    path = cache_dir()
+    try:
+        info = os.statvfs(path)
+        free = info.f_bavail * info.f_frsize
+    except OSError:
+        return ""
+    if free >= 64 * 2**20:  # another disk filled up (a temp dir, a package cache)
+        return "\nA disk filled up during the build (see the paths above)."
+    return (
+        f"\nThe disk holding {path} is full ({free // 2**20} MiB free): free some space there, "
+        f"or set {CACHE_DIR_VAR}=DIR to a directory on a bigger disk."
+    )
+
+
 def _private_dir(path: Path, var: str) -> Path:
     """Create path 0700 if needed and check that we can write there."""
     with writing_in(path, var):

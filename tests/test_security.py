@@ -462,6 +462,18 @@ def test_full_state_dir_names_the_setting(tmpfs, monkeypatch):
         EnvSidePortal(gymnasium.make, port=0)
 
 
+def test_full_cache_dir_during_a_build_names_the_setting(tmpfs, cartpole_dir):
+    full = tmpfs("size=2m") / "cache"  # room for a venv's skeleton, not its packages
+    done = cli(
+        "build", "-e", "mycart", "-p", str(cartpole_dir), "-b", "venv",
+        env={"PORTAL_ENV_CACHE_DIR": str(full)},
+    )  # fmt: skip
+    assert done.returncode != 0 and done.stderr.startswith("Error: "), done.stderr
+    assert "No space left on device" in done.stderr
+    assert f"The disk holding {full} is full" in done.stderr
+    assert "PORTAL_ENV_CACHE_DIR=DIR" in done.stderr
+
+
 # -- 6. socket paths that are not ours to take -------------------------------------------------
 
 
@@ -599,10 +611,11 @@ def test_refusal_log_is_throttled_and_names_the_peer(tmp_path, servers):
     lines = server.log.read_text().splitlines()
     refusals = [line for line in lines if "refused a connection from 127.0.0.1:" in line]
     refusals = [line for line in refusals if "more like it" not in line]
-    assert 1 <= len(refusals) <= 10 and all("wrong token" in line for line in refusals)
-    left_out = [int(n) for n in re.findall(r"\.\.\. and (\d+) more like it", "\n".join(lines))]
-    assert sum(left_out) + len(refusals) == 1000
-    assert len(lines) < 30
+    text = "\n".join(lines)
+    assert 1 <= len(refusals) <= 15 and all("wrong token" in line for line in refusals), text
+    left_out = [int(n) for n in re.findall(r"\.\.\. and (\d+) more like it", text)]
+    assert sum(left_out) + len(refusals) == 1000, text  # every refusal counted, once
+    assert len(lines) < 30, text
 
 
 # -- the library leaves logging to the application (issue 11) -----------------------------
