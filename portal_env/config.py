@@ -7,6 +7,10 @@ The supervisor hands a server its settings through these environment variables:
 - ``PORTAL_ENV_TOKEN``: the token; or ``PORTAL_ENV_TOKEN_FILE``, a file holding it.
 - ``PORTAL_ENV_READY_FILE``: the server writes its bound address there once listening.
 - ``PORTAL_ENV_SPIN_US``: the longest a receiver polls before blocking (default 1000; 0: never).
+- ``PORTAL_ENV_HANDSHAKE_TIMEOUT``: seconds a server gives a new connection to authenticate.
+- ``PORTAL_ENV_IDLE_TIMEOUT``: seconds a server keeps an authenticated, silent connection.
+- ``PORTAL_ENV_ALLOW_PICKLE``: ``1`` lets this side send and accept pickled values (trusted
+  peers only: unpickling runs code the peer chooses).
 
 Where portal-env keeps things on a cluster:
 
@@ -24,21 +28,26 @@ directory, keyed by its address, where an agent of the same user finds it.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import logging
 import os
+import re
 import secrets
 import stat
 import sys
 import tempfile
 from pathlib import Path
-from typing import Mapping, Optional, Tuple
+from typing import Iterator, Mapping, Optional, Tuple, Union
 
-from .errors import PortalEnvError
+from .errors import DirectoryError, PortalEnvError
 from .portal.wire import Address
 
 logger = logging.getLogger(__name__)
 
+# A portal or env name: a registry file name and a container name, so nothing path-like.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7000
 DOCKER_HOST_PREFIX = "env_portal_"
@@ -56,6 +65,10 @@ SUPERVISED_VAR = "PORTAL_ENV_SUPERVISED"  # set by a supervisor, which registers
 STATE_DIR_VAR = "PORTAL_ENV_STATE_DIR"
 SPIN_VAR = "PORTAL_ENV_SPIN_US"
 DEFAULT_SPIN_US = 1000.0
+HANDSHAKE_TIMEOUT_VAR = "PORTAL_ENV_HANDSHAKE_TIMEOUT"
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+IDLE_TIMEOUT_VAR = "PORTAL_ENV_IDLE_TIMEOUT"
+ALLOW_PICKLE_VAR = "PORTAL_ENV_ALLOW_PICKLE"
 
 
 def spin_us(env: Mapping[str, str] = os.environ) -> float:
@@ -67,6 +80,35 @@ def spin_us(env: Mapping[str, str] = os.environ) -> float:
         raise PortalEnvError(f"{SPIN_VAR}={raw!r} is not a number of microseconds") from None
 
 
+def seconds(
+    value: Optional[float], var: str, default: Optional[float], env: Mapping[str, str] = os.environ
+) -> Optional[float]:
+    """A duration from an argument, else the variable var, else default (0 or empty: none)."""
+    if value is None:
+        raw = env.get(var, "")
+        if not raw:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise PortalEnvError(f"{var}={raw!r} is not a number of seconds") from None
+    if value < 0:
+        raise PortalEnvError(f"{var} (or its argument) must be >= 0 seconds, got {value!r}")
+    return value or None
+
+
+def allow_pickle(value: Optional[bool], env: Mapping[str, str] = os.environ) -> bool:
+    """Whether this side sends and accepts pickled values (argument, else the variable)."""
+    if value is not None:
+        return bool(value)
+    raw = env.get(ALLOW_PICKLE_VAR, "").strip().lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise PortalEnvError(f"{ALLOW_PICKLE_VAR}={raw!r}: use 1 (trusted peers only) or 0")
+
+
 CACHE_DIR_VAR = "PORTAL_ENV_CACHE_DIR"
 REGISTRY_DIR_VAR = "PORTAL_ENV_REGISTRY_DIR"
 RUNTIME_DIR_VAR = "PORTAL_ENV_RUNTIME_DIR"
@@ -74,6 +116,71 @@ NODE_VAR = "PORTAL_ENV_NODE"
 # AF_UNIX paths are limited to 107 bytes; leave room for `/<name[:24]>-<8 hex>.sock`.
 SOCKET_NAME_MAX = 24
 _SOCKET_DIR_MAX = 107 - 1 - SOCKET_NAME_MAX - len("-12345678.sock")
+# Errors that mean "this directory cannot take our files", not a bug in the caller.
+_DIR_ERRNOS = (errno.EROFS, errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.ENOTDIR)
+
+
+def directory_error(exc: OSError, path: Union[str, Path], var: str) -> DirectoryError:
+    """A DirectoryError naming path, the setting var and what to do."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        why = "the disk (or quota) holding it is full"
+        todo = "free some space there"
+    elif exc.errno == errno.EROFS:
+        why = "it is on a read-only file system"
+        todo = "point it at a writable directory"
+    else:
+        why = exc.strerror or str(exc)
+        todo = "fix its permissions or point it at a directory you can write"
+    return DirectoryError(f"cannot write to {path} ({why}); {todo}: set {var}=DIR")
+
+
+@contextlib.contextmanager
+def writing_in(path: Union[str, Path], var: str) -> Iterator[None]:
+    """Turn a write failure in the directory path (var's) into a DirectoryError."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in _DIR_ERRNOS:
+            raise
+        raise directory_error(exc, path, var) from exc
+
+
+_FULL_MARKERS = ("No space left on device", "Disk quota exceeded", "os error 28", "Errno 28")
+
+
+def full_disk_hint(output: str) -> str:
+    """For a failed build's output: a sentence naming the cache dir and its setting when
+    the output says a disk was full and the cache's disk is (nearly) full; else ''."""
+    if not any(marker in output for marker in _FULL_MARKERS):
+        return ""
+    path = cache_dir()
+    try:
+        info = os.statvfs(path)
+        free = info.f_bavail * info.f_frsize
+    except OSError:
+        return ""
+    if free >= 64 * 2**20:  # another disk filled up (a temp dir, a package cache)
+        return "\nA disk filled up during the build (see the paths above)."
+    return (
+        f"\nThe disk holding {path} is full ({free // 2**20} MiB free): free some space there, "
+        f"or set {CACHE_DIR_VAR}=DIR to a directory on a bigger disk."
+    )
+
+
+def _private_dir(path: Path, var: str) -> Path:
+    """Create path 0700 if needed and check that we can write there."""
+    with writing_in(path, var):
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not os.access(path, os.W_OK | os.X_OK):  # EROFS even for root
+            raise OSError(errno.EROFS if _read_only(path) else errno.EACCES, "not writable")
+    return path
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
 
 
 def state_dir() -> Path:
@@ -89,8 +196,7 @@ def state_dir() -> Path:
         except ImportError:  # a minimal runtime: same place platformdirs picks on Linux
             base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
             path = Path(base) / "portal-env"
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return path
+    return _private_dir(path, STATE_DIR_VAR)
 
 
 def cache_dir() -> Path:
@@ -102,8 +208,7 @@ def cache_dir() -> Path:
         import platformdirs
 
         path = Path(platformdirs.user_cache_dir("portal-env", appauthor=False))
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return path
+    return _private_dir(path, CACHE_DIR_VAR)
 
 
 def registry_dir() -> Path:
@@ -114,11 +219,8 @@ def registry_dir() -> Path:
     """
     explicit = os.environ.get(REGISTRY_DIR_VAR)
     if not explicit:
-        path = state_dir() / "portals"
-        path.mkdir(mode=0o700, exist_ok=True)
-        return path
-    path = Path(explicit)
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return _private_dir(state_dir() / "portals", STATE_DIR_VAR)
+    path = _private_dir(Path(explicit), REGISTRY_DIR_VAR)
     info = path.stat()
     if info.st_uid != os.getuid() or info.st_mode & 0o077:
         raise PortalEnvError(
@@ -156,12 +258,12 @@ def socket_dir() -> Optional[Path]:
                 "limited to 107); set %s to a shorter node-local directory",
                 path, _SOCKET_DIR_MAX, RUNTIME_DIR_VAR,
             )  # fmt: skip
-        elif _private_dir(path):
+        elif _socket_dir_usable(path):
             return path
     return None
 
 
-def _private_dir(path: Path) -> bool:
+def _socket_dir_usable(path: Path) -> bool:
     """Make path (0700) if needed; whether it is a directory only we can use."""
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -281,10 +383,11 @@ def publish_token(address: Address) -> tuple:
     """Generate a token and record it privately for agents of this user; (token, path)."""
     token = secrets.token_urlsafe(32)
     path = _token_path(address)
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token)
+    with writing_in(path.parent, STATE_DIR_VAR):
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token)
     return token, path
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import weakref
 from typing import Any, Callable, Optional
 
@@ -25,12 +24,22 @@ class Client:
             layout), set once an env is made; None sends steps as general calls.
     """
 
-    def __init__(self, env_name: str, address: wire.Address, token: str, timeout: Optional[float]):
+    def __init__(
+        self,
+        env_name: str,
+        address: wire.Address,
+        token: str,
+        timeout: Optional[float],
+        allow_pickle: Optional[bool] = None,
+    ):
         self.env_name = env_name
         self.address = address
         self.broken = False
         self.layout: Any = None
-        self._channel = wire.Channel.connect(address, token, timeout, config.spin_us())
+        self.allow_pickle = config.allow_pickle(allow_pickle)
+        self._channel = wire.Channel.connect(
+            address, token, timeout, config.spin_us(), self.allow_pickle
+        )
         self._finalizer = weakref.finalize(self, self._channel.close)  # no I/O, just close
 
     @classmethod
@@ -41,25 +50,30 @@ class Client:
         token: Optional[str],
         agent_in_docker: bool,
         timeout: Optional[float],
+        allow_pickle: Optional[bool] = None,
     ) -> Client:
         """Find the server for env_name (arguments, environment, registry, defaults); connect."""
         where, secret = config.agent_endpoint(env_name, address, token, agent_in_docker)
-        return cls(env_name, where, secret, timeout)
+        return cls(env_name, where, secret, timeout, allow_pickle)
 
     def adopt_layout(self, layout: Any) -> None:
-        """Use layout for steps; share memory for large array data when on one host."""
+        """Use layout for steps; share memory for large array data when on one host.
+
+        The server makes the file and says where; we map it only if it is a
+        private file of ours where a server makes them (see sharedmem.attach).
+        """
         self.layout = layout
+        layout.allow_pickle(self.allow_pickle)
         local = self.address.path is not None or self.address.host in _LOOPBACK
         if not (local and layout.wants_shared_memory()):
             return
-        path, mapping = sharedmem.create(layout.capacity)
-        try:
-            accepted = self.call("share_memory", path, layout.capacity)
-        finally:
-            os.unlink(path)  # both sides have it mapped (or not): nothing to leak
-        if accepted:
+        path = self.call("share_memory", layout.capacity)
+        if path is None:
+            return
+        mapping = sharedmem.attach(path, layout.capacity)
+        if self.call("share_memory_ready", mapping is not None) and mapping is not None:
             layout.shm = self._channel.shm = mapping
-        else:
+        elif mapping is not None:
             mapping.close()
 
     def call(self, op: str, *args: Any) -> Any:
@@ -83,7 +97,16 @@ class Client:
         except (PortalConnectionError, OSError) as exc:
             raise self._lost("step", exc) from exc
         if kind == wire.FAST_REPLY:
-            return self.layout.decode_result(payload)
+            try:
+                return self.layout.decode_result(payload)
+            except ProtocolError:
+                raise
+            except Exception as exc:  # garbage in the agreed layout
+                raise ProtocolError(
+                    f"malformed step reply from {self.address}: {type(exc).__name__}: {exc}"
+                ) from exc
+        if kind != wire.GENERAL:
+            raise ProtocolError(f"unexpected frame kind {kind} from {self.address}")
         return self._unwrap("step", channel.decode(payload))
 
     def send_step(self, action: Any) -> None:
@@ -135,6 +158,14 @@ class Client:
             raise ProtocolError(f"malformed reply to '{op}' from {self.address}: {reply!r:.200}")
         status, payload = reply
         if status == 1:
+            if (
+                type(payload) is not list
+                or len(payload) != 3
+                or not all(type(part) is str for part in payload)
+            ):
+                raise ProtocolError(
+                    f"malformed error reply to '{op}' from {self.address}: {payload!r:.200}"
+                )
             raise RemoteEnvError(*payload)
         return payload
 

@@ -194,7 +194,7 @@ def _run(
         output = (done.stdout + done.stderr).strip()
         raise BuildError(
             f"could not {what} (exit code {done.returncode}; command: {shlex.join(command)}):\n"
-            f"{output[-4000:]}"
+            f"{output[-4000:]}{config.full_disk_hint(output)}"
         )
 
 

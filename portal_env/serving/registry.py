@@ -23,6 +23,7 @@ import glob
 import json
 import logging
 import os
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ from . import liveness
 logger = logging.getLogger(__name__)
 
 STARTING, READY = "starting", "ready"
+# What a portal may be called: a record's file name, so no path separators or leading dot.
 
 
 @dataclass
@@ -89,7 +91,8 @@ def portals_dir() -> Path:
 def logs_dir() -> Path:
     """The directory of server logs (created 0700)."""
     path = config.state_dir() / "logs"
-    path.mkdir(mode=0o700, exist_ok=True)
+    with config.writing_in(path, config.STATE_DIR_VAR):
+        path.mkdir(mode=0o700, exist_ok=True)
     return path
 
 
@@ -98,8 +101,18 @@ def log_path(name: str) -> Path:
     return logs_dir() / f"{name}@{config.node_name()}.log"
 
 
+def check_name(name: str) -> str:
+    """name, if it can name a portal (letters, digits, '.', '_', '-'); else RegistryError."""
+    if not isinstance(name, str) or not config.NAME_PATTERN.match(name):
+        raise RegistryError(
+            f"{name!r} is not a portal name: use 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit (pass address=... to reach a server by address)"
+        )
+    return name
+
+
 def _record_path(name: str, node: Optional[str] = None) -> Path:
-    return portals_dir() / f"{name}@{node or config.node_name()}.json"
+    return portals_dir() / f"{check_name(name)}@{node or config.node_name()}.json"
 
 
 @contextlib.contextmanager
@@ -150,10 +163,14 @@ def write(record: Record) -> None:
         record.node = config.node_name()
     path = _record_path(record.name, record.node)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(dataclasses.asdict(record), f, indent=1)
-    os.replace(tmp, path)
+    try:
+        with config.writing_in(path.parent, config.STATE_DIR_VAR):
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(dataclasses.asdict(record), f, indent=1)
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # gone after os.replace; a partial one after a failure
 
 
 def claim(record: Record) -> None:
@@ -267,7 +284,7 @@ def all_records() -> List[Record]:
     suffix = f"@{config.node_name()}.json"
     paths = portals_dir().glob(f"*{glob.escape(suffix)}")
     names = sorted(p.name[: -len(suffix)] for p in paths)
-    return [r for r in map(get, names) if r is not None]
+    return [r for r in map(get, filter(config.NAME_PATTERN.match, names)) if r is not None]
 
 
 def _remote(path: Path) -> Optional[Record]:
@@ -296,9 +313,27 @@ def _remote(path: Path) -> Optional[Record]:
 
 
 def _remove_socket(address: Optional[str]) -> None:
-    """A killed supervisor leaves its server's Unix socket file behind."""
-    if address and address.startswith("unix:"):
-        Path(address[len("unix:") :]).unlink(missing_ok=True)
+    """A killed supervisor leaves its server's Unix socket file behind.
+
+    Only a socket file directly in our private socket directory is removed:
+    a record is a file, and whoever could write it must not get to name
+    another file for us to delete.
+    """
+    if not (isinstance(address, str) and address.startswith("unix:")):
+        return
+    path = Path(address[len("unix:") :])
+    directory = config.socket_dir()
+    if directory is None or os.path.realpath(path.parent) != os.path.realpath(directory):
+        logger.warning("not removing %s: it is outside the private socket directory", path)
+        return
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return
+    if stat.S_ISSOCK(info.st_mode) and info.st_uid == os.getuid():
+        path.unlink(missing_ok=True)
+    else:
+        logger.warning("not removing %s: it is not a socket of ours", path)
 
 
 def _read(path: Path) -> Optional[Record]:

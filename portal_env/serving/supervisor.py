@@ -146,9 +146,10 @@ class Supervisor:
     # -- launching ---------------------------------------------------------
 
     def _open_log(self) -> None:
-        if self.log_path.exists():
-            self.log_path.replace(self.log_path.with_name(self.log_path.name + ".1"))
-        fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with config.writing_in(self.log_path.parent, config.STATE_DIR_VAR):
+            if self.log_path.exists():
+                self.log_path.replace(self.log_path.with_name(self.log_path.name + ".1"))
+            fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._log = os.fdopen(fd, "ab", buffering=0)
 
     def _event(self, message: str) -> None:
