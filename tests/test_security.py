@@ -337,9 +337,10 @@ def test_stale_record_unlinks_only_sockets_in_the_private_socket_dir(tmp_path):
     sock.close()  # a dead server's socket file
     try:
         for name, address in (("a", victim), ("b", decoy), ("c", stale)):
-            write_record(registry.portals_dir() / f"{name}.json", f"unix:{address}")
+            record_file = registry.portals_dir() / f"{name}@{config.node_name()}.json"
+            write_record(record_file, f"unix:{address}")
             assert registry.get(name) is None  # stale: the record goes
-            assert not (registry.portals_dir() / f"{name}.json").exists()
+            assert not record_file.exists()
         assert victim.read_text() == "keep me" and decoy.read_text() == "not a socket"
         assert not stale.exists()
     finally:
