@@ -77,6 +77,9 @@ class Job:
 
     def env(self, **extra: str) -> Dict[str, str]:
         env = dict(os.environ, **self.slurm.env())
+        # the learner scripts import the tests' helpers (tests.test_agent) from this checkout
+        path = [str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        env["PYTHONPATH"] = os.pathsep.join(path)
         env.update(JOB_BASE=str(self.job_base), RUN_BASE=str(self.run_base))
         env.update(ENV_DIR=str(self.env_dir), RESULT=str(self.result), PYTHON=PYTHON)
         env.update(extra)
