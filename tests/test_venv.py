@@ -9,7 +9,8 @@ import pytest
 from portal_env import config
 from portal_env.errors import BuildError, LockError, SpecError
 from portal_env.runtimes import LogReporter, catalog, get, lock
-from portal_env.runtimes.venv import MARKER, VenvBackend, is_complete, runtime_key
+from portal_env.runtimes.cache import MARKER, is_complete
+from portal_env.runtimes.venv import VenvBackend, runtime_key
 
 from .conftest import interrupt_build
 
