@@ -5,7 +5,7 @@
   plus a `pyvenv.cfg` at the prefix root, which makes the prefix's `bin/python`
   an isolated interpreter whose `sys.prefix` is the prefix (the way a venv works).
 - noarch python packages repackaged from real pure-Python wheels
-  (`cloudpickle`, `typing-extensions`, `farama-notifications`).
+  (`cloudpickle`, `typing-extensions`, `farama-notifications`, `pip`).
 - `portal-test-activate`: a noarch generic package with an `etc/conda/activate.d`
   script (it exports a variable, the install prefix through a prefix placeholder,
   and prepends its own `bin/` to PATH) and a tool in that `bin/`, to check that
@@ -36,7 +36,12 @@ import zipfile
 from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Tuple, Union
 
-WHEELS = ("cloudpickle==3.1.1", "typing-extensions==4.12.2", "farama-notifications==0.0.4")
+WHEELS = (
+    "cloudpickle==3.1.1",
+    "typing-extensions==4.12.2",
+    "farama-notifications==0.0.4",
+    "pip==24.2",  # `micromamba create -f LOCK` installs a lock's pip entries with it
+)
 TIMESTAMP = 1_700_000_000_000  # ms; fixed, so the channel (and every lock of it) is stable
 ACTIVATE_VAR = "PORTAL_TEST_ACTIVATED"
 PREFIX_VAR = "PORTAL_TEST_INSTALLED_AT"  # the install prefix, written by prefix rewriting

@@ -3,7 +3,9 @@ micromamba executable.
 
 The micromamba executable is `$PORTAL_ENV_TEST_MICROMAMBA` (what `.ci/run` builds
 and sets), else `$MAMBA_EXE`, else `micromamba` on PATH. micromamba gets a root
-prefix of its own in a temporary directory, so it never writes to the user's.
+prefix and a HOME of its own in a temporary directory, so it never writes to the
+user's (it records every prefix it creates in `~/.conda/environments.txt`); uv
+keeps the user's cache, so wheels are not downloaded again.
 """
 
 from __future__ import annotations
@@ -36,9 +38,19 @@ def environment(installer: str, root: Path) -> Dict[str, str]:
     exe = micromamba()
     if exe is None:
         raise RuntimeError(f"no micromamba executable: set {TEST_VAR}")
-    root.mkdir(parents=True, exist_ok=True)
+    (root / "home").mkdir(parents=True, exist_ok=True)
     return {
         "PORTAL_ENV_CONDA_INSTALLER": "micromamba",
         "MAMBA_EXE": exe,
         "MAMBA_ROOT_PREFIX": str(root),
+        "HOME": str(root / "home"),
+        "UV_CACHE_DIR": uv_cache_dir(),
     }
+
+
+def uv_cache_dir() -> str:
+    """uv's cache as it is before HOME is changed (uv's own default rule)."""
+    if os.environ.get("UV_CACHE_DIR"):
+        return os.environ["UV_CACHE_DIR"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "uv")

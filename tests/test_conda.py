@@ -116,7 +116,7 @@ def test_spec_gets_python_and_serving_deps(tmp_path: Path):
     path = tmp_path / "spec.yml"
     path.write_text("channels: [c]\ndependencies:\n  - numpy\n  - pip:\n      - Gymnasium\n")
     spec = condalock.read_spec(path)
-    assert spec.conda == ["numpy", "python"] and spec.pip == ["Gymnasium", "msgpack"]
+    assert spec.conda == ["numpy", "python", "pip"] and spec.pip == ["Gymnasium", "msgpack"]
 
 
 def test_lock_is_deterministic_and_read_by_conda_lock_and_rattler(env_dir: Path):
@@ -129,7 +129,7 @@ def test_lock_is_deterministic_and_read_by_conda_lock_and_rattler(env_dir: Path)
 
     parsed = parse_conda_lock_file(env_dir / LOCK)
     by_manager = {m: {p.name for p in parsed.package if p.manager == m} for m in ("conda", "pip")}
-    assert {"python", "cloudpickle", "portal-test-activate"} == by_manager["conda"]
+    assert {"python", "pip", "cloudpickle", "portal-test-activate"} == by_manager["conda"]
     assert {"gymnasium", "numpy", "msgpack"} <= by_manager["pip"]
     assert "cloudpickle" not in by_manager["pip"]  # the conda package provides it
     assert all(p.hash.sha256 and p.url for p in parsed.package)
@@ -274,7 +274,8 @@ def test_packages_are_kept_in_PORTAL_ENV_PKGS_DIR(
     pkgs = tmp_path / "my-pkgs"
     monkeypatch.setenv("PORTAL_ENV_PKGS_DIR", str(pkgs))
     ensure(env_dir, force=True)
-    extracted = {p.name for p in pkgs.iterdir() if (p / "info" / "index.json").is_file()}
+    # micromamba keeps file:// packages under pkgs/file/<channel path>/<subdir>/
+    extracted = {p.parent.parent.name for p in pkgs.rglob("info/index.json")}
     python = f"python-{sys.version.split()[0]}-0_portal_test"
     assert {"cloudpickle-3.1.1-py_0", python} <= extracted, extracted
 

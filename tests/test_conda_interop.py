@@ -58,23 +58,29 @@ def test_micromamba_creates_a_prefix_from_the_lockfile_alone(
     micromamba: str, locked: Path, tmp_path: Path
 ):
     target = tmp_path / "by-micromamba"
-    env = dict(os.environ, MAMBA_ROOT_PREFIX=str(tmp_path / "root"))
+    env = dict(os.environ, **installers.environment(installers.MICROMAMBA, tmp_path / "root"))
     env["CONDA_PKGS_DIRS"] = str(tmp_path / "pkgs")
     command = [micromamba, "create", "--yes", "-p", str(target), "-f", str(locked / LOCK)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     names = {name for name, *_ in conda_records(target)}
-    assert {"python", "cloudpickle", "portal-test-activate"} <= names
+    assert {"python", "pip", "cloudpickle", "portal-test-activate"} <= names
     locked_conda = [
         p for p in prefix.locked_packages(locked / LOCK, "linux-64") if p["manager"] == "conda"
     ]
     shas = {sha for *_, sha in conda_records(target)}
     assert shas == {p["hash"]["sha256"] for p in locked_conda}
-    out = subprocess.check_output(
-        [str(target / "bin" / "python"), "-c", "import sys, cloudpickle; print(sys.prefix)"],
-        text=True,
-    )
+    # and the lock's pip entries, which micromamba installs with the prefix's pip
+    code = "import sys, cloudpickle, gymnasium, numpy, msgpack; print(sys.prefix)"
+    out = subprocess.check_output([str(target / "bin" / "python"), "-c", code], text=True)
     assert out.strip() == str(target)
+    locked_pip = {
+        (p["name"], p["version"])
+        for p in prefix.locked_packages(locked / LOCK, "linux-64")
+        if p["manager"] == "pip"
+    }
+    installed = {tuple(name.rsplit(".dist-info")[0].split("-")) for name in pip_records(target)}
+    assert {(n.replace("-", "_"), v) for n, v in locked_pip} <= installed
 
 
 def _serve_and_roll_out(env_dir: Path, steps: int = 200) -> List[np.ndarray]:
@@ -134,7 +140,7 @@ def test_both_installers_build_the_same_prefix_and_serve_the_same_trajectory(
     rattler, mamba = (prefixes[name] for name in installers.ALL)
     assert rattler.name == mamba.name  # one cache key: the lock, not the installer
     assert conda_records(rattler) == conda_records(mamba)
-    assert len(conda_records(rattler)) == 3
+    assert len(conda_records(rattler)) == 4  # python, pip, cloudpickle, portal-test-activate
     assert pip_records(rattler) == pip_records(mamba) and pip_records(rattler)
     first, second = (trajectories[name] for name in installers.ALL)
     assert len(first) == len(second) > 200

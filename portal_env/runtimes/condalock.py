@@ -94,14 +94,17 @@ def read_spec(path: Path) -> CondaSpec:
 
 
 def _with_serving_deps(spec: CondaSpec) -> CondaSpec:
-    """Add Python (conda) and portal-env's serving deps (pip) where the spec lacks them.
+    """Add Python and pip (conda) and portal-env's serving deps (pip) where the spec lacks
+    them.
 
     The serving deps go to pip, not conda: PyPI has wheels of them for every
-    platform, while a local or mirrored channel may not carry them.
+    platform, while a local or mirrored channel may not carry them. pip is in
+    the prefix because `micromamba create -f LOCK` installs a lock's pip entries
+    with it (portal-env itself installs them with uv).
     """
     conda_names = {lock.normalize_name(n) for n in lock.requirement_names(spec.conda)}
     pip_names = {lock.normalize_name(n) for n in lock.requirement_names(spec.pip)}
-    conda = list(spec.conda) + ([] if "python" in conda_names else ["python"])
+    conda = list(spec.conda) + [n for n in ("python", "pip") if n not in conda_names]
     extra = [d for d in lock.SERVING_DEPS if d not in conda_names | pip_names]
     return CondaSpec(spec.channels, conda, list(spec.pip) + extra, spec.platforms)
 

@@ -254,16 +254,33 @@ def build(
 
 
 def _install_conda_micromamba(exe: str, lock_path: Path, platform: str, prefix: Path) -> None:
-    """`micromamba create -f LOCK`, with our package cache (not micromamba's default)."""
+    """`micromamba create -f LOCK` for the conda packages, with our package cache."""
     _verify_local_archives(lock_path, platform)
-    env = dict(os.environ, CONDA_PKGS_DIRS=str(pkgs_dir()), MAMBA_PKGS_DIRS=str(pkgs_dir()))
-    command = [exe, "create", "--yes", "--prefix", str(prefix), "--file", str(lock_path)]
-    try:
-        run(command, f"create the conda prefix {prefix} from {lock_path} with micromamba", env=env)
-    except BuildError as exc:
-        if _UNREACHABLE.search(str(exc)):
-            raise ChannelError(f"{exc}\n{_unreachable_hint(lock_path)}") from None
-        raise
+    env = dict(os.environ, CONDA_PKGS_DIRS=str(pkgs_dir()))
+    with tempfile.TemporaryDirectory(prefix="portal-env-mm-") as tmp:
+        conda_only = _conda_only_lock(lock_path, Path(tmp))
+        command = [exe, "create", "--yes", "--prefix", str(prefix), "--file", str(conda_only)]
+        what = f"create the conda prefix {prefix} from {lock_path} with micromamba"
+        try:
+            run(command, what, env=env)
+        except BuildError as exc:
+            if _UNREACHABLE.search(str(exc)):
+                raise ChannelError(f"{exc}\n{_unreachable_hint(lock_path)}") from None
+            raise
+
+
+def _conda_only_lock(lock_path: Path, directory: Path) -> Path:
+    """A copy of the lockfile without its pip entries, in directory (same file name: micromamba
+    reads a file as a conda-lock file by its `-lock.yml` ending). micromamba would install
+    pip entries with the prefix's pip, which it may lack; uv installs them next, as after
+    py-rattler, so both installers leave the same files."""
+    import yaml
+
+    data = yaml.safe_load(lock_path.read_text())
+    data["package"] = [p for p in data.get("package") or [] if p.get("manager") != "pip"]
+    path = directory / lock_path.name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
 
 
 def _verify_local_archives(lock_path: Path, platform: str) -> None:
