@@ -77,12 +77,15 @@ def installer(
     tmp_path_factory: pytest.TempPathFactory,
     monkeypatch: pytest.MonkeyPatch,
 ) -> str:
-    """Every test of this module runs with each installer (py-rattler, micromamba)."""
+    """Every test of this module runs with each installer (py-rattler, micromamba), each
+    with a runtime cache of its own (a prefix's cache key is the lock, not the installer)."""
     if request.param == installers.MICROMAMBA and installers.micromamba() is None:
         pytest.skip(f"no micromamba executable here; set {installers.TEST_VAR} (see .ci/run)")
     root = tmp_path_factory.getbasetemp() / "mamba-root"
     for key, value in installers.environment(request.param, root).items():
         monkeypatch.setenv(key, value)
+    cache = tmp_path_factory.getbasetemp() / f"conda-cache-{request.param}"
+    monkeypatch.setenv("PORTAL_ENV_CACHE_DIR", str(cache))
     return request.param
 
 
@@ -96,7 +99,10 @@ def env_dir(locked_template: Path, tmp_path: Path) -> Path:
 def ensure(env_dir: Path, force: bool = False):
     notes = Notes()
     source = catalog.find("mycart", env_dir)
-    return MicromambaBackend().ensure(source, force=force, reporter=notes), notes.notes
+    runtime = MicromambaBackend().ensure(source, force=force, reporter=notes)
+    built_by = json.loads((runtime.prefix / MARKER).read_text())["installer"]
+    assert built_by == prefix.installer()  # the test's installer built what it checks
+    return runtime, notes.notes
 
 
 def cache_dir() -> Path:
@@ -311,7 +317,7 @@ def test_env_setup_runs_once_in_the_activated_prefix(env_dir: Path):
         f"line = [sys.prefix, os.environ[{ACTIVATE_VAR!r}], os.environ['PATH'].split(':')[0]]\n"
         "open('setup-ran', 'a').write(' '.join(line) + '\\n')\n"
     )
-    runtime, _ = ensure(env_dir)
+    runtime, _ = ensure(env_dir, force=True)
     ensure(env_dir)
     where = runtime.prefix
     expected = [f"{where} yes-from-{where.name} {where}/opt/portal-test/bin"]
