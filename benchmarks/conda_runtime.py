@@ -1,10 +1,14 @@
-"""Conda runtime (micromamba / mm backend) costs: lock, cold build, warm start, prefix size.
+"""Conda runtime (micromamba / mm backend) costs per installer: lock, cold build, warm start,
+prefix size, for one lock, in one run.
 
 Uses the local file:// test channel (tests/conda_channel.py; python, cloudpickle)
 plus gymnasium, numpy and msgpack from PyPI, in a private cache and state dir.
-Cold build = a fresh cache (conda packages and pip wheels downloaded/extracted
-again except what uv's own cache holds); warm start = `portal-env start -d` with
-the prefix cached, until the portal answers (what the CLI reports as ready).
+The lock is made once (py-rattler solve + uv; no installer involved) and both
+installers build from it: py-rattler, and the micromamba executable
+($PORTAL_ENV_TEST_MICROMAMBA, $MAMBA_EXE or PATH; `.ci/run` builds one). Cold
+build = a fresh cache (conda packages extracted again; pip wheels come from
+uv's own cache); warm start = `portal-env start -d` with the prefix cached,
+until the portal answers (what the CLI reports as ready).
 
 Run: python benchmarks/conda_runtime.py [--repeat 3]
 """
@@ -20,10 +24,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Dict, List
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests import installers  # noqa: E402
 from tests.conda_channel import build_channel  # noqa: E402
 
 CLI = [sys.executable, "-m", "portal_env.cli"]
@@ -45,7 +51,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
+    if installers.micromamba() is None:
+        raise SystemExit(f"no micromamba executable: set {installers.TEST_VAR} (see .ci/run)")
     work = Path(tempfile.mkdtemp(prefix="portal-env-bench-conda-"))
+    os.environ["PORTAL_ENV_STATE_DIR"] = str(work / "state")
     try:
         run(work, args.repeat)
     finally:
@@ -62,23 +71,38 @@ def run(work: Path, repeat: int) -> None:
         f"channels:\n  - {channel.as_uri()}\ndependencies:\n  - python=3.11\n"
         "  - cloudpickle\n  - pip:\n      - gymnasium\n      - numpy\n      - msgpack\n"
     )
-    os.environ["PORTAL_ENV_STATE_DIR"] = str(work / "state")
-    rows = []
     lock = [timed("lock", "bench", "-p", str(env_dir)) for _ in range(repeat)]
-    rows.append(("lock (py-rattler solve + uv pip compile)", lock))
-    cold, warm = [], []
-    for i in range(repeat):
-        os.environ["PORTAL_ENV_CACHE_DIR"] = str(work / f"cache-{i}")
-        cold.append(timed("build", "-e", "bench", "-p", str(env_dir), "-b", "mm"))
-    for _ in range(repeat):
-        warm.append(timed("start", "bench", "-p", str(env_dir), "-b", "mm", "-d"))
-        timed("stop", "bench")
-    rows += [("cold build (empty cache)", cold), ("warm start -d to ready", warm)]
-    prefix = next((work / "cache-0" / "conda").glob("*-*[!k]"))
-    print(f"{'step':44} {'median s':>9} {'min s':>7} {'max s':>7}")
-    for name, values in rows:
-        print(f"{name:44} {statistics.median(values):9.2f} {min(values):7.2f} {max(values):7.2f}")
-    print(f"{'prefix size on disk':44} {size_of(prefix) / 2**20:8.1f} MiB  ({prefix.name})")
+    rows: Dict[str, Dict[str, List[float]]] = {}
+    sizes: Dict[str, float] = {}
+    for name in installers.ALL:
+        os.environ.update(installers.environment(name, work / "mamba-root"))
+        cold, warm = [], []
+        for i in range(repeat):
+            cache = work / f"cache-{name}-{i}"
+            os.environ["PORTAL_ENV_CACHE_DIR"] = str(cache)
+            cold.append(timed("build", "-e", "bench", "-p", str(env_dir), "-b", "mm"))
+        for _ in range(repeat):
+            warm.append(timed("start", "bench", "-p", str(env_dir), "-b", "mm", "-d"))
+            timed("stop", "bench")
+        rows[name] = {"lock": lock, "cold build (empty cache)": cold}
+        rows[name]["warm start -d to ready"] = warm
+        (prefix,) = [p for p in (work / f"cache-{name}-0" / "conda").iterdir() if p.is_dir()]
+        sizes[name] = size_of(prefix) / 2**20
+    report(rows, sizes, repeat)
+
+
+def report(rows: Dict[str, Dict[str, List[float]]], sizes: Dict[str, float], repeat: int) -> None:
+    rattler, mamba = installers.ALL
+    print(f"one lock, both installers; median of {repeat} (min-max), seconds")
+    print(f"{'step':28} {rattler:>20} {mamba:>20} {'mm/rattler':>11}")
+    for step in rows[rattler]:
+        a, b = rows[rattler][step], rows[mamba][step]
+        cells = [f"{statistics.median(v):.2f} ({min(v):.2f}-{max(v):.2f})" for v in (a, b)]
+        ratio = statistics.median(b) / statistics.median(a)
+        print(f"{step:28} {cells[0]:>20} {cells[1]:>20} {ratio:>10.2f}x")
+    a, b = sizes[rattler], sizes[mamba]
+    print(f"{'prefix size on disk (MiB)':28} {a:>20.1f} {b:>20.1f} {b / a:>10.2f}x")
+    print("(lock: py-rattler solve + uv pip compile, the same lock for both columns)")
 
 
 if __name__ == "__main__":

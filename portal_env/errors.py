@@ -86,3 +86,7 @@ class ServerStartError(PortalEnvError):
 
 class SupervisorError(PortalEnvError):
     """The supervisor gave up on a server (it kept dying) or could not stop it."""
+
+
+class ChannelError(LockError, BuildError):
+    """A conda channel or package URL that cannot be reached (while locking or building)."""

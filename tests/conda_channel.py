@@ -5,12 +5,22 @@
   plus a `pyvenv.cfg` at the prefix root, which makes the prefix's `bin/python`
   an isolated interpreter whose `sys.prefix` is the prefix (the way a venv works).
 - noarch python packages repackaged from real pure-Python wheels
-  (`cloudpickle`, `typing-extensions`, `farama-notifications`).
-- `portal-test-activate`: a noarch generic package whose only file is an
-  `etc/conda/activate.d` script, to check that activation variables reach the server.
+  (`cloudpickle`, `typing-extensions`, `farama-notifications`, `pip`).
+- `portal-test-activate`: a noarch generic package with an `etc/conda/activate.d`
+  script (it exports a variable, the install prefix through a prefix placeholder,
+  and prepends its own `bin/` to PATH) and a tool in that `bin/`, to check that
+  activation and prefix rewriting reach the server.
+- a `python` package for `osx-arm64` too (never installed here), for two-platform locks.
 
-Indexed with py-rattler's `index_fs`. Used by tests/test_conda.py and
-benchmarks/conda_runtime.py.
+Each package holds what conda-build writes: `info/index.json` (arch/platform null
+for noarch), `info/paths.json` (paths_version 1; every entry with `_path`,
+`path_type`, `sha256`, `size_in_bytes`, a softlink's of its target as conda-build
+hashes it; `prefix_placeholder` and `file_mode` where a file holds the
+placeholder), `info/files`, `info/has_prefix`, and `info/link.json` for noarch.
+micromamba checks these fields; py-rattler is more lenient.
+
+Indexed with py-rattler's `index_fs`. Used by tests/test_conda.py, test_export.py
+and benchmarks/conda_runtime.py.
 """
 
 from __future__ import annotations
@@ -26,11 +36,23 @@ import zipfile
 from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Tuple, Union
 
-WHEELS = ("cloudpickle==3.1.1", "typing-extensions==4.12.2", "farama-notifications==0.0.4")
+WHEELS = (
+    "cloudpickle==3.1.1",
+    "typing-extensions==4.12.2",
+    "farama-notifications==0.0.4",
+    "pip==24.2",  # `micromamba create -f LOCK` installs a lock's pip entries with it
+)
 TIMESTAMP = 1_700_000_000_000  # ms; fixed, so the channel (and every lock of it) is stable
 ACTIVATE_VAR = "PORTAL_TEST_ACTIVATED"
+PREFIX_VAR = "PORTAL_TEST_INSTALLED_AT"  # the install prefix, written by prefix rewriting
+TOOL = "portal-test-tool"  # on PATH only when the activation's PATH change is applied
+PLACEHOLDER = "/opt/anaconda1anaconda2anaconda3"  # conda-build's classic prefix placeholder
+OTHER_PLATFORM = "osx-arm64"
+_ARCH = {"64": "x86_64", "32": "x86", "aarch64": "aarch64", "arm64": "arm64", "ppc64le": "ppc64le"}
+_EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
-File = Union[bytes, Tuple[str, str]]  # contents, or ("symlink", target)
+# contents, or ("symlink", target), or ("exec", contents) for an executable file
+File = Union[bytes, Tuple[str, Union[str, bytes]]]
 
 
 def subdir() -> str:
@@ -56,9 +78,11 @@ def build_channel(root: Path, python: Optional[Union[str, Path]] = None) -> Path
     wheels = root / "wheels"
     _download_wheels(wheels)
     platform = subdir()
-    for name in (platform, "noarch"):
+    for name in (platform, OTHER_PLATFORM, "noarch"):
         (channel / name).mkdir(parents=True, exist_ok=True)
     _write_python(channel / platform, platform, interpreter)
+    if OTHER_PLATFORM != platform:
+        _write_python(channel / OTHER_PLATFORM, OTHER_PLATFORM, interpreter)
     for wheel in sorted(wheels.glob("*.whl")):
         _write_noarch_from_wheel(channel / "noarch", wheel)
     _write_activate_package(channel / "noarch")
@@ -118,7 +142,8 @@ def _write_python(target: Path, platform: str, interpreter: Interpreter) -> None
     }
     index = {"name": "python", "version": version, "build": "0_portal_test", "build_number": 0}
     index.update(depends=[], subdir=platform, license="PSF-2.0", timestamp=TIMESTAMP)
-    index.update(arch=platform.split("-")[-1], platform=platform.split("-")[0])
+    os_name, _, arch = platform.partition("-")
+    index.update(arch=_ARCH.get(arch, arch), platform=os_name)
     _write_package(target / f"python-{version}-0_portal_test.tar.bz2", index, files)
 
 
@@ -133,35 +158,81 @@ def _write_noarch_from_wheel(target: Path, wheel: Path) -> None:
     name = name.lower().replace("_", "-")
     index = {"name": name, "version": version, "build": "py_0", "build_number": 0}
     index.update(depends=["python >=3.8"], noarch="python", subdir="noarch")
-    index.update(license="unknown", timestamp=TIMESTAMP)
+    index.update(license="unknown", timestamp=TIMESTAMP, arch=None, platform=None)
     link = {"noarch": {"type": "python"}, "package_metadata_version": 1}
     _write_package(target / f"{name}-{version}-py_0.tar.bz2", index, files, link)
 
 
 def _write_activate_package(target: Path) -> None:
-    script = f'export {ACTIVATE_VAR}=yes-from-$(basename "$CONDA_PREFIX")\n'.encode()
-    files: Dict[str, File] = {"etc/conda/activate.d/portal-test.sh": script}
+    script = (
+        f'export {ACTIVATE_VAR}=yes-from-$(basename "$CONDA_PREFIX")\n'
+        f"export {PREFIX_VAR}={PLACEHOLDER}\n"
+        'export PATH="$CONDA_PREFIX/opt/portal-test/bin:$PATH"\n'
+    )
+    tool = f'#!/bin/sh\necho "{TOOL} of {PLACEHOLDER}"\n'
+    files: Dict[str, File] = {
+        "etc/conda/activate.d/portal-test.sh": script.encode(),
+        f"opt/portal-test/bin/{TOOL}": ("exec", tool.encode()),
+    }
     index = {"name": "portal-test-activate", "version": "1.0", "build": "0", "build_number": 0}
     index.update(depends=[], noarch="generic", subdir="noarch", timestamp=TIMESTAMP)
-    _write_package(target / "portal-test-activate-1.0-0.tar.bz2", index, files)
+    index.update(license="MIT", arch=None, platform=None)
+    link = {"noarch": {"type": "generic"}, "package_metadata_version": 1}
+    _write_package(target / "portal-test-activate-1.0-0.tar.bz2", index, files, link)
 
 
-def _write_package(path: Path, index: dict, files: Dict[str, File], link: dict = None) -> None:
-    paths: List[dict] = []
-    for name, content in sorted(files.items()):
-        if isinstance(content, tuple):
-            paths.append({"_path": name, "path_type": "softlink"})
-        else:
-            digest = hashlib.sha256(content).hexdigest()
-            entry = {"_path": name, "path_type": "hardlink", "sha256": digest}
-            paths.append(dict(entry, size_in_bytes=len(content)))
+def _path_entry(files: Dict[str, File], name: str) -> dict:
+    """A paths.json entry as conda-build writes it: a softlink gets its target's sha256
+    and size (the empty file's when the target is not on this machine)."""
+    content = files[name]
+    if isinstance(content, tuple) and content[0] == "symlink":
+        data = _link_target(files, name)
+        return {
+            "_path": name,
+            "path_type": "softlink",
+            "sha256": hashlib.sha256(data).hexdigest() if data is not None else _EMPTY_SHA256,
+            "size_in_bytes": len(data) if data is not None else 0,
+        }
+    data = content[1] if isinstance(content, tuple) else content
+    assert isinstance(data, bytes)
+    entry = {"_path": name, "path_type": "hardlink", "sha256": hashlib.sha256(data).hexdigest()}
+    entry["size_in_bytes"] = len(data)
+    if PLACEHOLDER.encode() in data:
+        entry.update(prefix_placeholder=PLACEHOLDER, file_mode="text")
+    return entry
+
+
+def _link_target(files: Dict[str, File], name: str, depth: int = 0) -> Optional[bytes]:
+    """The bytes a symlink of the package resolves to (in the package or on this host)."""
+    content = files.get(name)
+    if not isinstance(content, tuple) or content[0] != "symlink":
+        data = content[1] if isinstance(content, tuple) else content
+        return data if isinstance(data, bytes) else None
+    link = str(content[1])
+    if link.startswith("/"):
+        return Path(link).read_bytes() if Path(link).is_file() else None
+    if depth > 8:
+        return None
+    inside = os.path.normpath(os.path.join(os.path.dirname(name), link))
+    return _link_target(files, inside, depth + 1)
+
+
+def _write_package(
+    path: Path, index: dict, files: Dict[str, File], link: Optional[dict] = None
+) -> None:
+    paths: List[dict] = [_path_entry(files, name) for name in sorted(files)]
+    has_prefix = [f"{PLACEHOLDER} text {p['_path']}\n" for p in paths if "prefix_placeholder" in p]
     info: Dict[str, File] = {
         "info/index.json": json.dumps(index, indent=2, sort_keys=True).encode(),
-        "info/paths.json": json.dumps({"paths": paths, "paths_version": 1}, indent=2).encode(),
+        "info/paths.json": json.dumps(
+            {"paths": paths, "paths_version": 1}, indent=2, sort_keys=True
+        ).encode(),
         "info/files": "".join(f"{name}\n" for name in sorted(files)).encode(),
     }
+    if has_prefix:
+        info["info/has_prefix"] = "".join(has_prefix).encode()
     if link is not None:
-        info["info/link.json"] = json.dumps(link, indent=2).encode()
+        info["info/link.json"] = json.dumps(link, indent=2, sort_keys=True).encode()
     with tarfile.open(path, "w:bz2") as tar:
         for name, content in sorted({**info, **files}.items()):
             _add(tar, name, content)
@@ -171,12 +242,15 @@ def _write_package(path: Path, index: dict, files: Dict[str, File], link: dict =
 def _add(tar: tarfile.TarFile, name: str, content: File) -> None:
     member = tarfile.TarInfo(name)
     member.mtime = TIMESTAMP // 1000
-    if isinstance(content, tuple):
-        member.type, member.linkname = tarfile.SYMTYPE, content[1]
+    if isinstance(content, tuple) and content[0] == "symlink":
+        member.type, member.linkname, member.mode = tarfile.SYMTYPE, str(content[1]), 0o777
         tar.addfile(member)
     else:
-        member.size, member.mode = len(content), 0o644
-        tar.addfile(member, io.BytesIO(content))
+        data = content[1] if isinstance(content, tuple) else content
+        assert isinstance(data, bytes)
+        member.size = len(data)
+        member.mode = 0o755 if isinstance(content, tuple) else 0o644
+        tar.addfile(member, io.BytesIO(data))
 
 
 def write_spec(

@@ -74,7 +74,8 @@ def test_ls_lists_each_builtin_with_backends_from_its_files():
     rows = {line.split()[0]: line for line in done.stdout.splitlines()[1:] if line.strip()}
     assert set(BUILTINS) <= set(rows)
     assert "venv" in rows["ale"] and "yes" in rows["ale"]
-    assert "venv" not in rows["craftium"] and "micromamba" in rows["craftium"]
+    # craftium's pip requirement is a git URL, which a conda lock cannot pin
+    assert "venv" not in rows["craftium"] and "micromamba" not in rows["craftium"]
     for name in BUILTINS:
         assert "docker" in rows[name]
     assert "Example: portal-env ls" in cli("ls", "--help").stdout
@@ -93,6 +94,12 @@ def test_backends_follow_the_files(tmp_path):
     (env_dir / "spec.yml").write_text("dependencies:\n  - python=3.11\n  - cmake\n")
     (env_dir / "Dockerfile.env").write_text("FROM scratch\n")
     assert listing.backends(catalog.find("e", env_dir)) == ["micromamba", "docker"]
+    (env_dir / "spec.yml").write_text(
+        "dependencies:\n  - cmake\n  - pip:\n      - x @ git+https://example.org/x.git\n"
+    )
+    assert listing.backends(catalog.find("e", env_dir)) == ["docker"]  # the Dockerfile's
+    (env_dir / "Dockerfile.env").unlink()
+    assert listing.backends(catalog.find("e", env_dir)) == []
 
 
 # -- each runnable built-in served through the CLI (slow) ----------------------

@@ -25,7 +25,7 @@ import pytest
 from portal_env.errors import BuildError, CatalogError, LockError
 from portal_env.runtimes import LogReporter, catalog, export, oci
 
-from .conda_channel import ACTIVATE_VAR, build_channel, locked_cartpole
+from .conda_channel import ACTIVATE_VAR, PREFIX_VAR, build_channel, locked_cartpole
 
 pytestmark = pytest.mark.conda
 
@@ -63,7 +63,9 @@ def test_stage_prefix_installs_for_the_image_path(env_dir: Path, tmp_path: Path)
     staging = tmp_path / "stage" / "env"
     source = catalog.find("mycart", env_dir)
     activation = export.stage_prefix(source, env_dir / LOCK, staging, LogReporter())
-    assert activation == {ACTIVATE_VAR: "yes-from-env"}
+    # made for the image's path: the placeholder and the PATH change name PREFIX, not staging
+    assert activation.variables == {ACTIVATE_VAR: "yes-from-env", PREFIX_VAR: export.PREFIX}
+    assert activation.path == f"{export.PREFIX}/opt/portal-test/bin:{export.PREFIX}/bin:${{PATH}}"
 
     code = "import sys, cloudpickle, gymnasium, numpy; print(sys.prefix)"
     out = subprocess.check_output([str(staging / "bin" / "python"), "-c", code], text=True)
@@ -138,7 +140,8 @@ def test_export_image_writes_the_prefix_lib_and_app(env_dir: Path, rootfs: Path,
     assert config["Cmd"] == [f"{export.PREFIX}/bin/python", f"{export.APP}/env_main.py"]
     assert config["WorkingDir"] == export.APP
     env = dict(item.split("=", 1) for item in config["Env"])
-    assert env["PATH"].startswith(f"{export.PREFIX}/bin:/usr/local/sbin")
+    tool_bin = f"{export.PREFIX}/opt/portal-test/bin"  # the activation script's PATH change
+    assert env["PATH"].startswith(f"{tool_bin}:{export.PREFIX}/bin:/usr/local/sbin")
     assert env["PYTHONPATH"] == export.LIB and env["CONDA_PREFIX"] == export.PREFIX
     assert env["PYTHONUNBUFFERED"] == env["PYTHONNOUSERSITE"] == "1"
     assert env[ACTIVATE_VAR] == "yes-from-env"

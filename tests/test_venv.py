@@ -1,5 +1,6 @@
 """The venv backend and its lock: real uv, real PyPI packages, a per-session runtime cache."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,8 @@ import pytest
 from portal_env import config
 from portal_env.errors import BackendUnavailableError, BuildError, LockError, SpecError
 from portal_env.runtimes import LogReporter, catalog, get, lock
-from portal_env.runtimes.venv import MARKER, VenvBackend, is_complete, runtime_key
+from portal_env.runtimes.cache import MARKER, is_complete
+from portal_env.runtimes.venv import VenvBackend, runtime_key
 
 from .conftest import interrupt_build
 
@@ -76,6 +78,13 @@ def test_stale_lock_is_an_error_naming_the_lock_command(cartpole_dir: Path):
         _ensure(cartpole_dir)
 
 
+def test_invalid_yaml_is_reported_before_the_spec_hash(cartpole_dir: Path):
+    (cartpole_dir / "spec.yml").write_text("dependencies:\n  - python=3.11\n  - pip: [gym\n")
+    assert (cartpole_dir / "spec.venv.lock.txt").is_file()  # stale now, but not reported so
+    with pytest.raises(SpecError, match=r"spec\.yml, line 4, column 1: not valid YAML"):
+        _ensure(cartpole_dir)
+
+
 def test_uninstallable_package_names_the_package(cartpole_dir: Path):
     (cartpole_dir / "spec.venv.lock.txt").unlink()
     _spec(cartpole_dir, "portal-env-no-such-package-xyz")
@@ -118,7 +127,16 @@ def test_first_start_locks_a_spec_without_lockfile_and_says_so(cartpole_dir: Pat
     (cartpole_dir / "spec.venv.lock.txt").unlink()
     _, notes = _ensure(cartpole_dir)
     assert any("no venv lockfile yet" in n for n in notes)
-    assert (cartpole_dir / "spec.venv.lock.txt").is_file()
+    written = cartpole_dir / "spec.venv.lock.txt"
+    assert lock.read_header(written) == {
+        "spec_sha256": lock.file_hash(cartpole_dir / "spec.yml"),
+        "python": "3.11",
+    }
+    # the locked content: every serving dep pinned to one version, each with its hashes
+    pins = dict(re.findall(r"^([a-z0-9-]+)==(\S+)", written.read_text(), re.M))
+    assert {"gymnasium", "numpy", "msgpack"} <= set(pins)
+    blocks = re.split(r"\n(?=[a-z0-9-]+==)", written.read_text())
+    assert all("--hash=sha256:" in block for block in blocks if "==" in block.split("\n")[0])
 
 
 def test_unfinished_runtime_is_removed_and_rebuilt(cartpole_dir: Path):

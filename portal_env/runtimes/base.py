@@ -15,9 +15,8 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import IO, List, Mapping, Optional, Protocol, Sequence, runtime_checkable
+from typing import IO, Mapping, Optional, Protocol, Sequence, runtime_checkable
 
 from ..portal.wire import Address
 from .catalog import EnvSource
@@ -100,9 +99,6 @@ class Backend(Protocol):
     def ensure(self, source: EnvSource, *, force: bool, reporter: Reporter) -> Runtime:
         """The runtime for source, built (or rebuilt, with force) only if needed."""
 
-    def remove(self, source: EnvSource) -> List[Path]:
-        """Delete source's cached runtime; returns what was removed."""
-
 
 class ProcessHandle:
     """A server running as a local process in its own session (process group).
@@ -181,14 +177,3 @@ def _die_with_parent(parent: int):
             os._exit(1)
 
     return preexec
-
-
-def wait_exit(handle: ServerHandle, seconds: float) -> Optional[int]:
-    """Poll handle for up to seconds; its exit code, or None if it still runs."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        code = handle.poll()
-        if code is not None:
-            return code
-        time.sleep(0.05)
-    return handle.poll()

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ..errors import LockError, SpecError
+from ..errors import ChannelError, LockError, SpecError
 from . import lock
 from .catalog import EnvSource
 
@@ -49,7 +49,8 @@ _UV_PLATFORM = {
     "osx-arm64": "aarch64-apple-darwin",
     "win-64": "x86_64-pc-windows-msvc",
 }
-_NAME = re.compile(r"^\s*([A-Za-z0-9_][A-Za-z0-9._-]*)")
+# pip requirements the lock cannot pin to a package-index file with a sha256
+_UNLOCKABLE = re.compile(r"(?i)(^|[\s@])(git|hg|svn|bzr)\+|@\s*file:|^\s*[-./~]")
 _PEP440ISH = re.compile(r"^\d+(\.\d+)*$")
 
 
@@ -72,7 +73,7 @@ class CondaSpec:
 
 def read_spec(path: Path) -> CondaSpec:
     """Parse spec.yml into the lock input; errors name the file (and line, for YAML)."""
-    data = _load_yaml(path)
+    data = lock.load_spec(path)
     channels = data.get("channels") or []
     deps = data.get("dependencies") or []
     if not isinstance(channels, list) or not isinstance(deps, list):
@@ -92,44 +93,37 @@ def read_spec(path: Path) -> CondaSpec:
     )
 
 
-def _load_yaml(path: Path) -> dict:
-    """The spec's mapping; a YAML error names the file, line and column."""
-    import yaml
-
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise SpecError(f"cannot read the spec {path}: {exc}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise SpecError(
-            f"{path}{where}: not valid YAML ({exc.problem or exc.context}). Fix the spec and retry."
-        ) from None
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not valid YAML ({exc})") from None
-    if not isinstance(data, dict):
-        raise SpecError(f"{path} is not a conda environment file (expected a mapping)")
-    return data
-
-
 def _with_serving_deps(spec: CondaSpec) -> CondaSpec:
-    """Add Python (conda) and portal-env's serving deps (pip) where the spec lacks them.
+    """Add Python and pip (conda) and portal-env's serving deps (pip) where the spec lacks
+    them.
 
     The serving deps go to pip, not conda: PyPI has wheels of them for every
-    platform, while a local or mirrored channel may not carry them.
+    platform, while a local or mirrored channel may not carry them. pip is in
+    the prefix because `micromamba create -f LOCK` installs a lock's pip entries
+    with it (portal-env itself installs them with uv).
     """
-    conda_names = {lock.normalize_name(n) for n in _names(spec.conda)}
-    pip_names = {lock.normalize_name(n) for n in _names(spec.pip)}
-    conda = list(spec.conda) + ([] if "python" in conda_names else ["python"])
+    conda_names = {lock.normalize_name(n) for n in lock.requirement_names(spec.conda)}
+    pip_names = {lock.normalize_name(n) for n in lock.requirement_names(spec.pip)}
+    conda = list(spec.conda) + [n for n in ("python", "pip") if n not in conda_names]
     extra = [d for d in lock.SERVING_DEPS if d not in conda_names | pip_names]
     return CondaSpec(spec.channels, conda, list(spec.pip) + extra, spec.platforms)
 
 
-def _names(requirements: Sequence[str]) -> List[str]:
-    return [m.group(1) for m in map(_NAME.match, requirements) if m]
+def unlockable(pip: Sequence[str]) -> List[str]:
+    """The pip requirements a conda lock cannot pin (VCS URLs, local paths, options):
+    a lockfile entry needs a package-index file with a sha256."""
+    return [req for req in pip if _UNLOCKABLE.search(req)]
+
+
+def require_lockable(spec_path: Path, spec: CondaSpec) -> None:
+    """A LockError naming the requirements the conda lock refuses, if any."""
+    refused = unlockable(spec.pip)
+    if refused:
+        raise LockError(
+            f"{spec_path}: the conda lock cannot pin {', '.join(map(repr, refused))} (a VCS "
+            "URL, local path or pip option has no package-index file with a sha256). Use a "
+            "release on a package index, or an env dir with a Dockerfile.env (-b docker)."
+        )
 
 
 # -- where lockfiles are and whether they are current ---------------------------
@@ -185,6 +179,7 @@ def write(source: EnvSource, platforms: Sequence[str], uv_bin: str) -> Path:
     """Lock source's spec for platforms and write the lockfile (atomically)."""
     spec_path = source.require_spec("micromamba")
     spec = read_spec(spec_path)
+    require_lockable(spec_path, spec)
     chosen = target_platforms(spec, platforms)
     spec_hash = lock.file_hash(spec_path)
     packages, content_hash = [], {}
@@ -220,6 +215,12 @@ def _solve(spec_path: Path, spec: CondaSpec, platform: str) -> List[dict]:
                 f"cannot lock {spec_path} for {platform}: the conda dependencies cannot be "
                 f"satisfied from {', '.join(spec.channels)}:\n{exc}\n"
                 f"Fix the dependencies of {spec_path} and try again."
+            ) from None
+        if exc.kind == "GatewayError":
+            raise ChannelError(
+                f"cannot lock {spec_path} for {platform}: a channel of "
+                f"{', '.join(spec.channels)} cannot be reached:\n{exc}\nCheck the network or "
+                f"proxy, or list a channel (mirror) this machine reaches in {spec_path}."
             ) from None
         raise LockError(f"cannot lock {spec_path} for {platform}: {exc}") from None
     return sorted(records, key=lambda r: r["name"])

@@ -36,7 +36,7 @@ from ..portal import wire
 from ..serving import registry
 from .base import Reporter
 from .catalog import EnvSource
-from .export import LIB  # where this host's portal_env package is mounted (as in exports)
+from .image_layout import LIB  # where this host's portal_env package is mounted (as in exports)
 from .venv import package_dir
 
 logger = logging.getLogger(__name__)
@@ -542,10 +542,6 @@ class DockerBackend:
                 "builds its image from one of them"
             )
         return DockerRuntime(source, tag, docker_client)
-
-    def remove(self, source: EnvSource) -> List[Path]:
-        """Images are the daemon's to keep; nothing on disk to remove."""
-        return []
 
     def _dockerfile_image(
         self, docker_client: Any, source: EnvSource, force: bool, reporter: Reporter

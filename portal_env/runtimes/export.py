@@ -29,16 +29,14 @@ from typing import Dict, Iterator, List, Optional, Sequence
 
 from .. import config
 from ..errors import BuildError
-from . import condalock, oci
+from . import condalock, oci, prefix
 from .base import Reporter
+from .cache import package_dir
 from .catalog import SPEC, EnvSource
+from .image_layout import APP, LIB, PREFIX
 
 logger = logging.getLogger(__name__)
 
-IMAGE_ROOT = "/opt/portal-env"
-PREFIX = f"{IMAGE_ROOT}/env"  # the conda prefix
-LIB = f"{IMAGE_ROOT}/lib"  # holds the portal_env package
-APP = f"{IMAGE_ROOT}/app"  # the env's files: env_main.py, spec.yml, its lockfile, ...
 SKIP = ("__pycache__", ".git")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 ENV_LABEL = "org.portal-env.env"
@@ -83,18 +81,14 @@ def app_sources(source: EnvSource, lock_path: Path) -> List[oci.Source]:
 
 def lib_sources() -> List[oci.Source]:
     """The portal_env copy (protocol code, no builtin/ data) and where it goes."""
-    from .venv import package_dir
-
     return [(package_dir() / "portal_env", f"{LIB}/portal_env")]
 
 
 def inputs_hash(source: EnvSource, lock_path: Path, base_diff_ids: Sequence[str]) -> str:
     """sha256 hex of everything an exported image is made from."""
-    from .micromamba import current_platform, prefix_key
-
-    platform = current_platform()
+    platform = prefix.current_platform()
     digest = hashlib.sha256(f"{_FORMAT}\0{PREFIX}\0{oci.host_arch()}\0".encode())
-    digest.update(prefix_key(lock_path, platform, source.setup_script).encode() + b"\0")
+    digest.update(prefix.prefix_key(lock_path, platform, source.setup_script).encode() + b"\0")
     digest.update(oci.sources_diff_id(app_sources(source, lock_path), skip=SKIP).encode())
     digest.update(oci.sources_diff_id(lib_sources(), skip=SKIP).encode())
     for diff_id in base_diff_ids:
@@ -176,16 +170,16 @@ def _work_root() -> Path:
 
 
 def image_settings(
-    name: str, inputs: str, base_config: Dict, activation: Dict[str, str]
+    name: str, inputs: str, base_config: Dict, activation: prefix.Activation
 ) -> Dict[str, object]:
     """The image config overrides: run env_main.py with the prefix's Python, activated."""
     env: Dict[str, str] = {}
     for item in base_config.get("Env") or []:
         key, _, value = item.partition("=")
         env[key] = value
-    env["PATH"] = f"{PREFIX}/bin:{env.get('PATH') or DEFAULT_PATH}"
-    env.update(PYTHONPATH=LIB, PYTHONUNBUFFERED="1", PYTHONNOUSERSITE="1", CONDA_PREFIX=PREFIX)
-    env.update(activation)
+    env["PATH"] = env.get("PATH") or DEFAULT_PATH
+    env = activation.environment(PREFIX, env)
+    env.update(PYTHONPATH=LIB, PYTHONUNBUFFERED="1", PYTHONNOUSERSITE="1")
     return {
         "Cmd": [f"{PREFIX}/bin/python", f"{APP}/env_main.py"],
         "Entrypoint": None,  # a base's entrypoint would swallow Cmd
@@ -200,38 +194,19 @@ def image_settings(
 
 def stage_prefix(
     source: EnvSource, lock_path: Path, staging: Path, reporter: Reporter
-) -> Dict[str, str]:
+) -> prefix.Activation:
     """Install this platform's locked packages into staging, made for PREFIX.
 
     Conda packages via py-rattler (hashes checked, file:// ones too), then the
     locked pip packages via uv; env_setup.py runs with the staged prefix; then
     scripts' `#!staging/...` lines are pointed at PREFIX. Returns the prefix's
-    activation variables, with staging paths written as PREFIX.
+    activation, with staging paths written as PREFIX.
     """
-    from .micromamba import (
-        MicromambaRuntime,
-        _activation,
-        _install_conda_rattler,
-        _install_pip,
-        current_platform,
-    )
-    from .venv import _run, package_dir
-
-    platform = current_platform()
     staging.parent.mkdir(parents=True, exist_ok=True)
-    reporter.status(f"installing the conda packages of {lock_path.name} for {PREFIX}")
-    _install_conda_rattler(lock_path, platform, staging, alternative_prefix=PREFIX)
-    _install_pip(lock_path, platform, staging, reporter)
-    activation = _activation(staging)
-    if source.setup_script is not None:
-        reporter.status(f"running {source.setup_script}")
-        runtime = MicromambaRuntime(source, staging, package_dir(), activation)
-        env = runtime.environment({"PYTHONDONTWRITEBYTECODE": "1"})
-        command = [str(runtime.python), str(source.setup_script)]
-        _run(command, f"run {source.setup_script}", cwd=source.work_dir, env=env)
+    activation, _ = prefix.build(source, lock_path, staging, reporter, alternative_prefix=PREFIX)
     rewrite_shebangs(staging / "bin", str(staging), PREFIX)
     align_bytecode(staging, oci.MTIME)
-    return {key: value.replace(str(staging), PREFIX) for key, value in activation.items()}
+    return activation.moved(str(staging), PREFIX)
 
 
 _PYC_HEADER = struct.Struct("<4sIII")  # magic, flags (0: checked by timestamp), mtime, size

@@ -1,8 +1,10 @@
 """What `portal-env ls` shows: each built-in env, the backends its files support, its locks.
 
 The backends come from the files present, never from a table: a spec supports
-micromamba and docker (an image made from its conda lockfile), and venv too when
-it asks for nothing but Python and pip packages; a Dockerfile.env alone supports docker.
+micromamba and docker (an image made from its conda lockfile) when it can be
+conda-locked (every pip requirement resolves to a package-index file; a git
+URL does not), and venv too when it asks for nothing but Python and pip
+packages; a Dockerfile.env alone supports docker.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import List
 
-from . import catalog, lock
+from . import catalog, condalock, lock
 from .catalog import EnvSource
 
 
@@ -33,11 +35,15 @@ class Entry:
 def backends(source: EnvSource) -> List[str]:
     """The backends source's files support."""
     found = []
+    conda_lockable = False
     if source.spec is not None:
-        if not lock.read_spec(source.spec).ignored:  # pip packages only: a venv can hold it
+        spec = lock.read_spec(source.spec)
+        if not spec.ignored:  # pip packages only: a venv can hold it
             found.append("venv")
-        found.append("micromamba")
-    if source.dockerfile is not None or source.spec is not None:
+        conda_lockable = not condalock.unlockable(spec.pip)
+        if conda_lockable:
+            found.append("micromamba")
+    if source.dockerfile is not None or conda_lockable:
         found.append("docker")
     return found
 

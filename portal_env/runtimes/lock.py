@@ -17,7 +17,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 from ..errors import LockError, SpecError
 from .catalog import EnvSource
@@ -30,7 +30,8 @@ _SPEC_HASH = "# portal-env-spec-sha256: "
 _PYTHON = "# portal-env-python: "
 _CONDA_ONLY = {"pip", "python"}
 _PYTHON_DEP = re.compile(r"^python\s*(?:==?|\s)?\s*(\d+\.\d+)(?:\.[\d*]+)*\s*$")
-_REQ_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+# conda names may start with "_" (e.g. _libgcc_mutex); pip names never do, so one pattern serves
+_REQ_NAME = re.compile(r"^\s*([A-Za-z0-9_][A-Za-z0-9._-]*)")
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ def file_hash(path: Path) -> str:
 
 def read_spec(path: Path) -> VenvSpec:
     """Parse a spec.yml into what a venv needs; errors name the file and the bad entry."""
-    data = _load_yaml(path)
+    data = load_spec(path)
     deps = data.get("dependencies") or []
     if not isinstance(deps, list):
         raise SpecError(f"{path}: 'dependencies' must be a list, got {deps!r:.80}")
@@ -66,8 +67,8 @@ def read_spec(path: Path) -> VenvSpec:
         elif isinstance(dep, str) and dep.strip().startswith("python"):
             python = _python_version(path, dep)
         elif isinstance(dep, str):
-            match = _REQ_NAME.match(dep)
-            if match and match.group(1) not in _CONDA_ONLY:
+            name = requirement_name(dep)
+            if name and name not in _CONDA_ONLY:
                 ignored.append(dep)
         else:
             raise SpecError(f"{path}: cannot read dependency {dep!r:.80} (a string or pip: list)")
@@ -75,16 +76,38 @@ def read_spec(path: Path) -> VenvSpec:
     return VenvSpec(python=version, pip=pip, ignored=ignored)
 
 
-def _load_yaml(path: Path) -> Dict:
+def load_spec(path: Path) -> Dict:
+    """A spec's mapping; errors name the file (and line and column, for bad YAML)."""
     import yaml
 
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
+        text = path.read_text()
+    except OSError as exc:
         raise SpecError(f"cannot read the spec {path}: {exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise SpecError(
+            f"{path}{where}: not valid YAML ({exc.problem or exc.context}). Fix the spec and retry."
+        ) from None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML ({exc})") from None
     if not isinstance(data, dict):
         raise SpecError(f"{path} is not a conda environment file (expected a mapping)")
     return data
+
+
+def requirement_name(requirement: str) -> Optional[str]:
+    """The package name a conda match spec or pip requirement starts with, if any."""
+    match = _REQ_NAME.match(requirement)
+    return match.group(1) if match else None
+
+
+def requirement_names(requirements: Sequence[str]) -> List[str]:
+    """The package names of requirements (those that start with one)."""
+    return [name for name in map(requirement_name, requirements) if name]
 
 
 def _python_version(path: Path, dep: str) -> str:
@@ -101,7 +124,7 @@ def _python_version(path: Path, dep: str) -> str:
 
 def lock_input(spec: VenvSpec) -> List[str]:
     """The requirements to lock: the spec's pip list plus portal-env's serving deps."""
-    listed = {normalize_name(m.group(1)) for m in map(_REQ_NAME.match, spec.pip) if m}
+    listed = {normalize_name(name) for name in requirement_names(spec.pip)}
     extra = [dep for dep in SERVING_DEPS if dep not in listed]
     return list(spec.pip) + extra
 

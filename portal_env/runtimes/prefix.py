@@ -1,0 +1,344 @@
+"""A conda prefix from a conda-lock file: the builder the micromamba backend and `export`
+share.
+
+The conda packages are installed by the micromamba executable when there is
+one (`$MAMBA_EXE`, else `micromamba` on PATH), otherwise by py-rattler;
+`PORTAL_ENV_CONDA_INSTALLER=rattler|micromamba` forces either. Both check each
+package's sha256 and keep packages in `pkgs_dir()`. Then the locked pip
+packages are installed by uv from their pinned URLs with hash checking and no
+dependency resolution, and env_setup.py runs with the prefix activated.
+
+Activation is what `micromamba run` would do (PATH, CONDA_PREFIX and what the
+prefix's `etc/conda/activate.d/*.sh` scripts export), captured once at build
+time, so a server can run as a direct child of the supervisor and get signals.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+from .. import config
+from ..errors import BuildError, ChannelError
+from .base import Reporter
+from .cache import package_dir
+from .catalog import EnvSource
+from .commands import run, uv_bin
+from .venv import VenvRuntime
+
+logger = logging.getLogger(__name__)
+
+PKGS_DIR_VAR = "PORTAL_ENV_PKGS_DIR"
+INSTALLER_VAR = "PORTAL_ENV_CONDA_INSTALLER"  # "rattler" or "micromamba": force one
+MICROMAMBA = "micromamba"
+RATTLER = "py-rattler"
+PATH_SLOT = "${PATH}"  # in a captured PATH: where the PATH outside the prefix goes
+_KEY_FORMAT = "portal-env-prefix-2"  # bump when a prefix's layout or activation changes
+_ACTIVATE = 'for f in "$CONDA_PREFIX"/etc/conda/activate.d/*.sh; do . "$f"; done; env -0'
+_NOISE = ("_", "SHLVL", "PWD", "OLDPWD")
+# How micromamba and py-rattler say that a download failed to connect at all.
+_UNREACHABLE = re.compile(
+    r"(?i)error sending request|tcp connect error|dns error|could not resolve host|"
+    r"couldn't connect|connection refused|failed to connect|network is unreachable"
+)
+
+
+def pkgs_dir() -> Path:
+    """Where downloaded conda packages are kept ($PORTAL_ENV_PKGS_DIR, else the cache)."""
+    explicit = os.environ.get(PKGS_DIR_VAR)
+    path = Path(explicit) if explicit else config.cache_dir() / "pkgs"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def current_platform() -> str:
+    """This machine's conda platform name, e.g. linux-64."""
+    import rattler
+
+    return str(rattler.Subdir.current())
+
+
+def micromamba_exe() -> Optional[str]:
+    """The micromamba executable found ($MAMBA_EXE, else `micromamba` on PATH), or None."""
+    return os.environ.get("MAMBA_EXE") or shutil.which("micromamba")
+
+
+def installer() -> str:
+    """Which installer builds prefixes: micromamba when found, else py-rattler, unless
+    $PORTAL_ENV_CONDA_INSTALLER forces one."""
+    forced = os.environ.get(INSTALLER_VAR, "").strip().lower()
+    if forced in ("rattler", "py-rattler"):
+        return RATTLER
+    if forced == MICROMAMBA:
+        if micromamba_exe() is None:
+            raise BuildError(
+                f"{INSTALLER_VAR}=micromamba, but no micromamba executable was found: set "
+                f"MAMBA_EXE to its path or put it on PATH, or unset {INSTALLER_VAR} "
+                "(then py-rattler installs)"
+            )
+        return MICROMAMBA
+    if forced:
+        raise BuildError(
+            f"{INSTALLER_VAR}={forced!r} is not an installer; use 'rattler' or 'micromamba', "
+            "or unset it (micromamba when found, else py-rattler)"
+        )
+    return MICROMAMBA if micromamba_exe() is not None else RATTLER
+
+
+def locked_packages(lock_path: Path, platform: str) -> List[dict]:
+    """The lockfile's package entries for platform (conda and pip), as plain dicts."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(lock_path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise BuildError(f"cannot read the lockfile {lock_path}: {exc}") from exc
+    packages = [p for p in data.get("package") or [] if p.get("platform") == platform]
+    if not packages:
+        raise BuildError(
+            f"{lock_path} has no packages for this platform ({platform}); "
+            f"locked: {', '.join((data.get('metadata') or {}).get('platforms') or []) or 'none'}. "
+            f"Re-lock with --platform {platform}."
+        )
+    return packages
+
+
+def prefix_key(lock_path: Path, platform: str, setup_script: Optional[Path]) -> str:
+    """The cache key of a prefix: this platform's locked packages and env_setup.py.
+
+    The installer is not part of it: both install the same files from one lock.
+    """
+    digest = hashlib.sha256(f"{_KEY_FORMAT}\0{platform}\0".encode())
+    for entry in sorted(locked_packages(lock_path, platform), key=_entry_id):
+        digest.update(_entry_id(entry).encode() + b"\0")
+    if setup_script is not None:
+        digest.update(setup_script.read_bytes())
+    return f"{platform}-{digest.hexdigest()[:20]}"
+
+
+def _entry_id(entry: dict) -> str:
+    hashes = entry.get("hash") or {}
+    return f"{entry.get('manager')} {entry.get('url')} {hashes.get('sha256') or hashes.get('md5')}"
+
+
+@dataclass(frozen=True)
+class Activation:
+    """What activating a prefix changes in the environment.
+
+    Attributes:
+        variables: Variables the activate.d scripts set (PATH aside).
+        path: PATH after activation, with PATH_SLOT where the outside PATH goes
+            (the prefix's bin/ and what scripts prepend before it).
+    """
+
+    variables: Dict[str, str] = field(default_factory=dict)
+    path: str = ""
+
+    def environment(self, prefix: str, outside: Mapping[str, str]) -> Dict[str, str]:
+        """outside (an environment) with the prefix at prefix activated."""
+        env = dict(outside)
+        template = self.path or os.pathsep.join([f"{prefix}/bin", PATH_SLOT])
+        env["PATH"] = template.replace(PATH_SLOT, outside.get("PATH") or os.defpath)
+        env.update(CONDA_PREFIX=prefix, CONDA_DEFAULT_ENV=prefix, CONDA_SHLVL="1")
+        env.update(self.variables)
+        return env
+
+    def moved(self, old: str, new: str) -> Activation:
+        """This activation with the prefix path old written as new (for a staged prefix)."""
+        variables = {key: value.replace(old, new) for key, value in self.variables.items()}
+        return Activation(variables, self.path.replace(old, new))
+
+    def to_json(self) -> Dict[str, Any]:
+        return {"variables": self.variables, "path": self.path}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Activation:
+        return cls(dict(data.get("variables") or {}), str(data.get("path") or ""))
+
+
+def capture_activation(prefix: Path) -> Activation:
+    """Run the prefix's activate.d scripts once, now, in bash; what they change."""
+    scripts = sorted((prefix / "etc" / "conda" / "activate.d").glob("*.sh"))
+    if not scripts:
+        return Activation()
+    bash = shutil.which("bash")
+    if bash is None:
+        raise BuildError(f"{prefix} has activation scripts, and running them needs bash")
+    outside = {k: v for k, v in os.environ.items() if k != "BASH_ENV"}
+    base = Activation().environment(str(prefix), outside)
+    logger.debug("running %s", shlex.join([bash, "-c", _ACTIVATE]))
+    done = subprocess.run([bash, "-c", _ACTIVATE], env=base, capture_output=True)
+    if done.returncode != 0:
+        raise BuildError(
+            f"the activation scripts of {prefix} failed (exit code {done.returncode}):\n"
+            f"{done.stderr.decode(errors='replace')[-4000:]}"
+        )
+    after = dict(item.split("=", 1) for item in done.stdout.decode().split("\0") if "=" in item)
+    variables = {k: v for k, v in after.items() if base.get(k) != v and not k.startswith("BASH")}
+    for noise in _NOISE + ("PATH",):
+        variables.pop(noise, None)
+    return Activation(variables, _path_template(after.get("PATH", ""), base["PATH"], outside))
+
+
+def _path_template(after: str, activated: str, outside: Mapping[str, str]) -> str:
+    """PATH after the scripts, as a template: the outside PATH replaced by PATH_SLOT."""
+    own = outside.get("PATH") or os.defpath
+    if after == activated:
+        return ""
+    if after.endswith(own):
+        return after[: len(after) - len(own)] + PATH_SLOT
+    # the scripts reordered or dropped entries: keep what they added, in front
+    known = set(own.split(os.pathsep))
+    added = [entry for entry in after.split(os.pathsep) if entry and entry not in known]
+    return os.pathsep.join(added + [PATH_SLOT])
+
+
+class PrefixRuntime(VenvRuntime):
+    """A finished conda prefix that launches env_main.py with its own, activated Python."""
+
+    backend = "micromamba"
+    local = True
+
+    def __init__(
+        self, source: EnvSource, prefix: Path, package_dir: Path, activation: Activation
+    ) -> None:
+        super().__init__(source, prefix, package_dir)
+        self.prefix = prefix
+        self.activation = activation
+
+    def environment(self, extra: Mapping[str, str]) -> dict:
+        """The venv backend's environment, activated for the prefix, plus extra."""
+        env = self.activation.environment(str(self.prefix), super().environment({}))
+        env.update(extra)
+        return env
+
+
+def build(
+    source: EnvSource,
+    lock_path: Path,
+    prefix: Path,
+    reporter: Reporter,
+    *,
+    alternative_prefix: Optional[str] = None,
+) -> Tuple[Activation, str]:
+    """Install this platform's locked conda and pip packages into prefix, capture its
+    activation and run env_setup.py in it; returns the activation and the installer.
+
+    With alternative_prefix, the files are made for a prefix that will live at that
+    path (an image's), which only py-rattler can do.
+    """
+    platform = current_platform()
+    tool = RATTLER if alternative_prefix is not None else installer()
+    where = alternative_prefix or prefix
+    reporter.status(f"installing the conda packages of {lock_path.name} for {where} ({tool})")
+    if tool == MICROMAMBA:
+        _install_conda_micromamba(str(micromamba_exe()), lock_path, platform, prefix)
+    else:
+        _install_conda_rattler(lock_path, platform, prefix, alternative_prefix)
+    _install_pip(lock_path, platform, prefix, reporter)
+    activation = capture_activation(prefix)
+    if source.setup_script is not None:
+        reporter.status(f"running {source.setup_script}")
+        runtime = PrefixRuntime(source, prefix, package_dir(), activation)
+        runtime.run_setup({"PYTHONDONTWRITEBYTECODE": "1"} if alternative_prefix else {})
+    return activation, tool
+
+
+def _install_conda_micromamba(exe: str, lock_path: Path, platform: str, prefix: Path) -> None:
+    """`micromamba create -f LOCK` for the conda packages, with our package cache."""
+    _verify_local_archives(lock_path, platform)
+    env = dict(os.environ, CONDA_PKGS_DIRS=str(pkgs_dir()))
+    with tempfile.TemporaryDirectory(prefix="portal-env-mm-") as tmp:
+        conda_only = _conda_only_lock(lock_path, Path(tmp))
+        command = [exe, "create", "--yes", "--prefix", str(prefix), "--file", str(conda_only)]
+        what = f"create the conda prefix {prefix} from {lock_path} with micromamba"
+        try:
+            run(command, what, env=env)
+        except BuildError as exc:
+            if _UNREACHABLE.search(str(exc)):
+                raise ChannelError(f"{exc}\n{_unreachable_hint(lock_path)}") from None
+            raise
+
+
+def _conda_only_lock(lock_path: Path, directory: Path) -> Path:
+    """A copy of the lockfile without its pip entries, in directory (same file name: micromamba
+    reads a file as a conda-lock file by its `-lock.yml` ending). micromamba would install
+    pip entries with the prefix's pip, which it may lack; uv installs them next, as after
+    py-rattler, so both installers leave the same files."""
+    import yaml
+
+    data = yaml.safe_load(lock_path.read_text())
+    data["package"] = [p for p in data.get("package") or [] if p.get("manager") != "pip"]
+    path = directory / lock_path.name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _verify_local_archives(lock_path: Path, platform: str) -> None:
+    """Check the sha256 of file:// packages (py-rattler 0.28 checks only downloads)."""
+    from urllib.parse import unquote, urlparse
+
+    for entry in locked_packages(lock_path, platform):
+        url = urlparse(str(entry.get("url")))
+        expected = (entry.get("hash") or {}).get("sha256")
+        if entry.get("manager") != "conda" or url.scheme != "file" or not expected:
+            continue
+        path = Path(unquote(url.path))
+        try:
+            actual = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError as exc:
+            raise BuildError(f"cannot read {entry['name']} from {path}: {exc}") from None
+        if actual != expected:
+            raise BuildError(
+                f"hash mismatch for conda package {entry['name']} at {path}: {lock_path} "
+                f"expects sha256 {expected}, the file has {actual}. The channel changed "
+                "since the lock was made: restore it, or re-lock."
+            )
+
+
+def _install_conda_rattler(
+    lock_path: Path, platform: str, prefix: Path, alternative_prefix: Optional[str] = None
+) -> None:
+    """Install with py-rattler; with alternative_prefix, for a prefix that will live there."""
+    from .rattler_calls import RattlerCallError, install
+
+    _verify_local_archives(lock_path, platform)
+    logger.debug("installing the conda packages of %s into %s with py-rattler", lock_path, prefix)
+    try:
+        install(str(lock_path), platform, str(prefix), str(pkgs_dir()), alternative_prefix)
+    except RattlerCallError as exc:
+        message = f"could not install the conda packages of {lock_path} into {prefix}: {exc}"
+        if _UNREACHABLE.search(str(exc)):
+            raise ChannelError(f"{message}\n{_unreachable_hint(lock_path)}") from None
+        raise BuildError(message) from None
+
+
+def _unreachable_hint(lock_path: Path) -> str:
+    return (
+        f"A package URL of {lock_path} cannot be reached from here: check the network or "
+        "proxy, or re-lock against a channel (mirror) this machine reaches."
+    )
+
+
+def _install_pip(lock_path: Path, platform: str, prefix: Path, reporter: Reporter) -> None:
+    """Install the locked pip packages from their URLs: hashes checked, no resolution."""
+    entries = [p for p in locked_packages(lock_path, platform) if p.get("manager") == "pip"]
+    if not entries:
+        return
+    lines = [f"{p['name']} @ {p['url']} --hash=sha256:{p['hash']['sha256']}\n" for p in entries]
+    reporter.status(f"installing {len(entries)} locked pip packages with uv")
+    with tempfile.TemporaryDirectory(prefix="portal-env-pip-") as tmp:
+        requirements = Path(tmp) / "requirements.txt"
+        requirements.write_text("".join(sorted(lines)))
+        command = [uv_bin(), "pip", "install", "--quiet", "--no-deps", "--require-hashes"]
+        command += ["--python", str(prefix / "bin" / "python"), "-r", str(requirements)]
+        run(command, f"install the pip packages of {lock_path}")
