@@ -15,6 +15,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_SCRIPT = ROOT / "tests" / "serve_test_envs.py"
+CLI = [sys.executable, "-m", "portal_env.cli"]
+
+
+def cli(
+    *args: str, timeout: float = 600, env: Optional[Dict[str, str]] = None
+) -> subprocess.CompletedProcess:
+    """Run `portal-env ARGS` as a user would; its exit code and output."""
+    return subprocess.run(
+        CLI + list(args), capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 @dataclass

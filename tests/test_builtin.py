@@ -5,8 +5,6 @@ The serving tests start each built-in portal with the real CLI and `-b venv`
 check_env, a few hundred random steps and a rendered frame on the agent side.
 """
 
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, List
 
@@ -19,9 +17,8 @@ from portal_env import AgentSidePortal
 from portal_env.runtimes import catalog, listing, lock
 from portal_env.serving import registry
 
-from .conftest import wait_gone
+from .conftest import cli, wait_gone
 
-CLI = [sys.executable, "-m", "portal_env.cli"]
 BUILTINS = ["ale", "craftium", "flappy-bird", "mujoco", "retro", "vizdoom"]
 
 
@@ -41,10 +38,6 @@ SERVED = [
     Case("retro", "Airstriker-Genesis-v0", {"render_mode": "rgb_array"}),
     Case("flappy-bird", "FlappyBird-v0", {"render_mode": "rgb_array"}),
 ]
-
-
-def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(CLI + list(args), capture_output=True, text=True, timeout=timeout)
 
 
 # -- every built-in dir is complete (fast) -------------------------------------

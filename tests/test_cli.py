@@ -4,7 +4,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import List
@@ -15,15 +14,10 @@ import pytest
 from portal_env import AgentSidePortal
 from portal_env.serving import registry
 
-from .conftest import pid_alive, wait_gone
+from .conftest import CLI, cli, pid_alive, wait_gone
 
 pytestmark = pytest.mark.usefixtures("reap_portals")
-CLI = [sys.executable, "-m", "portal_env.cli"]
 READY = re.compile(r"portal 'mycart' ready at (\S+) \(venv, pid (\d+)\)")
-
-
-def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(CLI + list(args), capture_output=True, text=True, timeout=timeout)
 
 
 def start_detached(env_dir: Path, name: str = "mycart") -> registry.Record:

@@ -6,7 +6,6 @@ import shutil
 import socket
 import stat
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -16,9 +15,7 @@ from portal_env import AgentSidePortal, config
 from portal_env.errors import PortalEnvError
 from portal_env.serving import liveness, registry
 
-from .conftest import ServerProcess
-
-CLI = [sys.executable, "-m", "portal_env.cli"]
+from .conftest import CLI, ServerProcess
 
 
 def _record(name: str = "mycart", node: str = "", **changes) -> registry.Record:

@@ -37,12 +37,11 @@ from .conda_channel import (
     locked_cartpole,
     write_spec,
 )
-from .conftest import interrupt_build, pid_alive, wait_gone
+from .conftest import CLI, cli, interrupt_build, pid_alive, wait_gone
 
 pytestmark = pytest.mark.conda
 
 ROOT = Path(__file__).resolve().parent.parent
-CLI = [sys.executable, "-m", "portal_env.cli"]
 PY = "{}.{}".format(*sys.version_info[:2])
 LOCK = "spec.conda-lock.yml"
 
@@ -53,10 +52,6 @@ class Notes(LogReporter):
 
     def note(self, message: str) -> None:
         self.notes.append(message)
-
-
-def cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run(CLI + list(args), capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="session")

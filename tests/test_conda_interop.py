@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import List
 
@@ -20,11 +19,10 @@ from portal_env.runtimes import prefix
 
 from . import installers
 from .conda_channel import ACTIVATE_VAR, build_channel, locked_cartpole
-from .conftest import wait_gone
+from .conftest import CLI, wait_gone
 
 pytestmark = pytest.mark.conda
 
-CLI = [sys.executable, "-m", "portal_env.cli"]
 LOCK = "spec.conda-lock.yml"
 
 

@@ -23,10 +23,9 @@ from portal_env.serving import registry
 
 from . import dockerhost
 from .conda_channel import build_channel, locked_cartpole
-from .conftest import wait_gone
+from .conftest import CLI, cli, wait_gone
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("reap_portals", "reap_containers")]
-CLI = [sys.executable, "-m", "portal_env.cli"]
 
 ENV_MAIN = """\
 import gymnasium
@@ -36,10 +35,6 @@ if __name__ == "__main__":
     print("cart env_main started", flush=True)
     EnvSidePortal(env_factory=gymnasium.make).run()
 """
-
-
-def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(CLI + list(args), capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

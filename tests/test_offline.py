@@ -18,6 +18,7 @@ from portal_env.runtimes import offline
 from portal_env.serving import registry
 
 from . import test_conda
+from .conftest import CLI
 
 # the conda tests' local channel and locked CartPole env (fixtures)
 channel, locked_template, env_dir = (
@@ -26,7 +27,6 @@ channel, locked_template, env_dir = (
     test_conda.env_dir,
 )
 
-CLI = [sys.executable, "-m", "portal_env.cli"]
 pytestmark = pytest.mark.usefixtures("reap_portals")
 
 

@@ -38,7 +38,7 @@ from portal_env.portal import wire
 from portal_env.portal.wire import Address, Channel
 from portal_env.serving import registry
 
-from .conftest import ROOT, ServerProcess
+from .conftest import ROOT, ServerProcess, cli
 
 SCRIPT = ROOT / "tests" / "serve_security.py"
 
@@ -403,14 +403,8 @@ def tmpfs(tmp_path) -> Iterator:
         subprocess.run(["umount", "-l", str(target)], check=False)
 
 
-def cli(*args: str, env: Dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "portal_env.cli", *args],
-        env=dict(os.environ, **env),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def run_cli(*args: str, env: Dict[str, str]) -> subprocess.CompletedProcess:
+    return cli(*args, env=dict(os.environ, **env), timeout=120)
 
 
 def assert_clean_error(done: subprocess.CompletedProcess, directory: Path, var: str) -> None:
@@ -423,9 +417,9 @@ def assert_clean_error(done: subprocess.CompletedProcess, directory: Path, var: 
 def test_read_only_state_and_cache_dirs_name_the_setting(tmpfs, cartpole_dir, monkeypatch):
     ro = tmpfs("ro,size=1m")
     state, cache = ro / "state", ro / "cache"
-    done = cli("ps", env={"PORTAL_ENV_STATE_DIR": str(state)})
+    done = run_cli("ps", env={"PORTAL_ENV_STATE_DIR": str(state)})
     assert_clean_error(done, state, "PORTAL_ENV_STATE_DIR")
-    done = cli(
+    done = run_cli(
         "build", "-e", "mycart", "-p", str(cartpole_dir), "-b", "venv",
         env={"PORTAL_ENV_CACHE_DIR": str(cache)},
     )  # fmt: skip
@@ -441,7 +435,7 @@ def test_state_dir_made_read_only_after_use_names_the_setting(tmpfs, monkeypatch
     mnt = tmpfs("size=1m")
     (mnt / "state" / "portals").mkdir(parents=True)
     subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
-    done = cli("ps", env={"PORTAL_ENV_STATE_DIR": str(mnt / "state")})
+    done = run_cli("ps", env={"PORTAL_ENV_STATE_DIR": str(mnt / "state")})
     assert_clean_error(done, mnt / "state", "PORTAL_ENV_STATE_DIR")
 
 
@@ -465,7 +459,7 @@ def test_full_state_dir_names_the_setting(tmpfs, monkeypatch):
 
 def test_full_cache_dir_during_a_build_names_the_setting(tmpfs, cartpole_dir):
     full = tmpfs("size=2m") / "cache"  # room for a venv's skeleton, not its packages
-    done = cli(
+    done = run_cli(
         "build", "-e", "mycart", "-p", str(cartpole_dir), "-b", "venv",
         env={"PORTAL_ENV_CACHE_DIR": str(full)},
     )  # fmt: skip

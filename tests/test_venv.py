@@ -13,9 +13,7 @@ from portal_env.runtimes import LogReporter, catalog, get, lock
 from portal_env.runtimes.cache import MARKER, is_complete
 from portal_env.runtimes.venv import VenvBackend, runtime_key
 
-from .conftest import interrupt_build
-
-CLI = [sys.executable, "-m", "portal_env.cli"]
+from .conftest import CLI, interrupt_build
 
 
 class Notes(LogReporter):
