@@ -82,3 +82,7 @@ class ServerStartError(PortalEnvError):
 
 class SupervisorError(PortalEnvError):
     """The supervisor gave up on a server (it kept dying) or could not stop it."""
+
+
+class FleetError(PortalEnvError):
+    """A fleet of servers on a Ray cluster that could not be placed, started or reached."""
