@@ -30,6 +30,7 @@ from .conftest import EXAMPLE_ENV, pid_alive, wait_gone
 from .raycluster import ADDRESS, RayCluster, only_loopback
 
 CACHE = os.environ.get("PORTAL_ENV_FLEET_TEST_CACHE")  # the runtime, prebuilt with network
+STATE = f"/tmp/pef-{os.getpid()}"  # the launchers' state root for this run (short: sockets)
 STEPS = 200
 
 
@@ -43,6 +44,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
         yield handle
     finally:
         handle.close()
+        shutil.rmtree(STATE, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +58,7 @@ def cartpole(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def fleet(cluster: RayCluster, cartpole: Path) -> Iterator[pray.Fleet]:
     with pray.launch(
         "mycart", path=cartpole, backend="venv", num_servers=2, cpus_per_server=0.5,
-        placement="spread", cache_dir=CACHE,
+        placement="spread", cache_dir=CACHE, state_root=STATE,
     ) as handle:  # fmt: skip
         yield handle
 
@@ -197,7 +199,7 @@ def test_driver_exit_leaves_no_server_process_or_actor(cluster: RayCluster, cart
         from portal_env import ray as pray
         ray.init(address={ADDRESS!r}, logging_level="WARNING")
         fleet = pray.launch("mycart", path={str(cartpole)!r}, backend="venv", num_servers=2,
-                            cpus_per_server=0.5, cache_dir={CACHE!r})
+                            cpus_per_server=0.5, cache_dir={CACHE!r}, state_root={STATE!r})
         print(json.dumps([s.__dict__ for s in fleet.servers()]), flush=True)
         os._exit(0)  # no stop(), no ray.shutdown(): the driver just ends
     """)
@@ -219,9 +221,15 @@ def test_driver_exit_leaves_no_server_process_or_actor(cluster: RayCluster, cart
 def test_pack_places_every_server_on_one_node(cluster: RayCluster, cartpole: Path):
     with pray.launch(
         "mycart", path=cartpole, backend="venv", num_servers=2, cpus_per_server=0.5,
-        placement="pack", cache_dir=CACHE,
+        placement="pack", cache_dir=CACHE, state_root=STATE,
     ) as fleet:  # fmt: skip
-        assert len({s.node_id for s in fleet.servers()}) == 1
+        servers = fleet.servers()
+        assert len({s.node_id for s in servers}) == 1
+        # launchers killed earlier (the driver-exit case) left directories; starting swept them
+        left = sorted(p.name for p in Path(STATE).iterdir())
+        assert sorted(name.rsplit("-", 1)[1] for name in left) == sorted(
+            str(s.launcher_pid) for s in servers
+        ), left
 
 
 def test_bad_arguments_are_refused_naming_the_value(cluster: RayCluster, cartpole: Path):
@@ -231,7 +239,7 @@ def test_bad_arguments_are_refused_naming_the_value(cluster: RayCluster, cartpol
         pray.launch("mycart", path=cartpole, backend="venv", num_servers=0)
     with pytest.raises(FleetError, match="could not place 3 servers of 1 CPUs"):
         pray.launch("mycart", path=cartpole, backend="venv", num_servers=3,
-                    placement="strict_spread", cache_dir=CACHE)  # fmt: skip
+                    placement="strict_spread", cache_dir=CACHE, state_root=STATE)  # fmt: skip
 
 
 def test_a_stopped_raylet_s_servers_come_back_on_the_other_node(
@@ -241,7 +249,7 @@ def test_a_stopped_raylet_s_servers_come_back_on_the_other_node(
     actions = random_actions(30, 4, seed=4)
     with pray.launch(
         "mycart", path=cartpole, backend="venv", num_servers=2, cpus_per_server=0.5,
-        placement="spread", cache_dir=CACHE,
+        placement="spread", cache_dir=CACHE, state_root=STATE,
     ) as fleet:  # fmt: skip
         head = ray_head_node_id()
         with fleet.make_vec(num_envs=4, env_args=["CartPole-v1"]) as vec:

@@ -9,7 +9,9 @@ process ends however it ends (its lifeline pipe closes), and this process ends i
 if the supervisor dies, so that Ray restarts the launcher (`max_restarts`).
 
 Each launcher keeps its records, logs, ready file and token file in a private state
-directory of its own (`<state_root>/<fleet id>-<index>-<pid>`) and names its node in
+directory of its own (`<state_root>/<fleet id>-<index>-<pid>`; node-local: a launcher
+starting removes those whose pid is dead, left by launchers that were killed, since
+their servers died with them) and names its node in
 records `<fleet id>-<index>`: several servers of one env on one machine (two raylets,
 or several servers per node) never share a registry name. This module imports Ray
 only inside the worker.
@@ -63,6 +65,7 @@ class Launcher:
         self.node_id = ray.get_runtime_context().get_node_id()
         self.host = ray.util.get_node_ip_address()
         root = Path(spec.state_root or default_state_root())
+        sweep(root)
         self.state_dir = root / f"{spec.fleet_id}-{spec.index}-{os.getpid()}"
         _use_private_dirs(self.state_dir, f"{spec.fleet_id}-{spec.index}", spec.cache_dir)
         self._stopping = False
@@ -120,6 +123,20 @@ class Launcher:
                 self.spec.index, self.spec.name, code, self.portal.record.log_path,
             )  # fmt: skip
             os._exit(1)
+
+
+def sweep(root: Path) -> None:
+    """Remove the directories of this node's launchers that died without stop() (SIGKILL,
+    a lost driver): their servers are gone with them; only logs and records remain."""
+    from ..serving import registry
+
+    if not root.is_dir():
+        return
+    for path in root.iterdir():
+        pid = path.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not registry.is_alive(int(pid)):
+            logger.info("removing %s, left by a launcher that died", path)
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _use_private_dirs(state_dir: Path, node: str, cache_dir: Optional[str]) -> None:
