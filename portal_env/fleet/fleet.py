@@ -213,10 +213,10 @@ def launch(
     Connects to Ray with ray.init() first when this process has not (RAY_ADDRESS, else a
     local cluster).
     """
-    import ray
+    strategy = _check(name, path, num_servers, cpus_per_server, placement)
+    ray = _import_ray()
     from ray.util.placement_group import placement_group, remove_placement_group
 
-    strategy = _check(name, path, num_servers, cpus_per_server, placement)
     if not ray.is_initialized():
         ray.init()
     fleet_id = secrets.token_hex(4)
@@ -243,6 +243,17 @@ def launch(
         raise
     logger.info("fleet %s of %r: %d servers ready", fleet_id, name, num_servers)
     return fleet
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError as exc:
+        raise FleetError(
+            f"portal_env.ray needs Ray, which cannot be imported here ({exc}); install it on "
+            "every node of the cluster: pip install 'portal-env[ray]'"
+        ) from exc
+    return ray
 
 
 def _check(
