@@ -8,8 +8,9 @@ What it does, in one run on this machine:
    starts a real two-node Ray cluster there (tests/raycluster.py: a head and a second
    raylet, 1 CPU each) and
    - times `pray.launch(NAME, num_servers=2, placement="spread")` to ready from the
-     cache (cached), and with an empty cache (cold: uv installs from its own download
-     cache, `UV_OFFLINE=1`, since the namespace has no network), median of R;
+     cache (cached), and with an empty cache (cold: the venv is built, but uv installs
+     from its own download cache, `UV_OFFLINE=1`, as the namespace has no network: no
+     download time is in it), median of R;
    - per env, one fleet of 2 servers (one per node) and, alternating, best of R:
      `fleet.make_vec(num_envs=N)` vs `multivec.make_vec(addresses=<the same servers>,
      token=fleet.token)` vs gymnasium's `AsyncVectorEnv` of N in-process envs.
@@ -80,6 +81,8 @@ def cold_times(pray: Any, env_dir: Path, work: Path, state: str, repeats: int) -
         cold = work / f"cold-{i}"  # an empty cache: both launchers build (one waits on the lock)
         cold.mkdir()
         times += launch_times(pray, env_dir, str(cold), state, 1)
+        if not any((cold / "venv").glob("*/bin/python")):
+            raise RuntimeError(f"the cold launch built no venv in {cold}")
     return times
 
 
@@ -99,9 +102,10 @@ def vector_rows(pray: Any, env_dir: Path, args: argparse.Namespace, cache: str, 
                 "async": async_vec(env_id, n),
             }  # fmt: skip
             best = dict.fromkeys(vecs, 0.0)
-            for _ in range(args.repeats):  # alternating, so drift hits all alike
-                for key, vec in vecs.items():
-                    best[key] = max(best[key], steps_per_s(vec, steps))
+            keys = list(vecs)
+            for r in range(args.repeats):  # alternating, in a rotating order: drift hits all alike
+                for key in keys[r % 3 :] + keys[: r % 3]:
+                    best[key] = max(best[key], steps_per_s(vecs[key], steps))
             nodes = len({node for node, _ in fleet.endpoints})
             for vec in vecs.values():
                 vec.close()
