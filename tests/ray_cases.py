@@ -242,6 +242,23 @@ def test_bad_arguments_are_refused_naming_the_value(cluster: RayCluster, cartpol
                     placement="strict_spread", cache_dir=CACHE, state_root=STATE)  # fmt: skip
 
 
+def test_a_server_that_cannot_start_fails_the_launch_with_its_output(
+    cluster: RayCluster, cartpole: Path, tmp_path: Path
+):
+    broken = tmp_path / "broken_env"
+    shutil.copytree(cartpole, broken)  # same lockfile: the cached runtime is reused
+    (broken / "env_main.py").write_text('raise SystemExit("broken on purpose")\n')
+    began = time.monotonic()
+    with pytest.raises(FleetError, match="broken on purpose"):
+        pray.launch("broken", path=broken, backend="venv", num_servers=2, cpus_per_server=0.5,
+                    cache_dir=CACHE, state_root=STATE, start_timeout=240)  # fmt: skip
+    assert time.monotonic() - began < 120  # not retried until start_timeout
+    deadline = time.monotonic() + 30
+    while _alive_launchers() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _alive_launchers() == []
+
+
 def test_a_stopped_raylet_s_servers_come_back_on_the_other_node(
     cluster: RayCluster, cartpole: Path
 ):

@@ -36,6 +36,7 @@ CASES = [
     "test_driver_exit_leaves_no_server_process_or_actor",
     "test_pack_places_every_server_on_one_node",
     "test_bad_arguments_are_refused_naming_the_value",
+    "test_a_server_that_cannot_start_fails_the_launch_with_its_output",
     "test_a_stopped_raylet_s_servers_come_back_on_the_other_node",
 ]
 
