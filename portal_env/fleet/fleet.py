@@ -237,7 +237,7 @@ def launch(
         raise
     fleet = Fleet(name, token, actors, group)
     try:
-        fleet.servers(start_timeout)
+        _wait_started(fleet, actors, start_timeout)
     except BaseException:
         fleet.stop()
         raise
@@ -314,6 +314,32 @@ def _start_launchers(
     ]
 
 
+def _wait_started(fleet: Fleet, actors: List[Any], timeout: float) -> None:
+    """Return once every server answers; else a FleetError naming the first that failed."""
+    import ray
+
+    deadline = time.monotonic() + timeout
+    for index, actor in enumerate(actors):
+        try:
+            ray.get(actor.info.remote(), timeout=max(1.0, deadline - time.monotonic()))
+        except ray.exceptions.GetTimeoutError:
+            raise FleetError(
+                f"server {index} of {fleet.name!r} was not ready within {timeout:.0f}s "
+                "(start_timeout, runtime builds included); raise start_timeout, or build the "
+                "runtime into a cache the nodes share first and pass cache_dir="
+            ) from None
+        except ray.exceptions.RayActorError as exc:
+            raise FleetError(
+                f"server {index} of {fleet.name!r} could not start: {_last_lines(exc)}"
+            ) from exc
+
+
 def _last_lines(exc: BaseException, count: int = 12) -> str:
-    lines = [line for line in str(exc).splitlines() if line.strip()]
+    """The launcher's own error in a Ray error's text (which wraps it in Ray's traceback)."""
+    text = str(exc)
+    start = text.rfind("portal_env.errors.")
+    if start >= 0:  # the portal-env error the launcher raised, with the server's output
+        own = text[start + len("portal_env.errors.") :]
+        return "\n".join(line for line in own.split("\n\n")[0].splitlines() if line.strip())
+    lines = [line for line in text.splitlines() if line.strip()]
     return "\n".join(lines[-count:])
