@@ -164,16 +164,23 @@ def test_a_killed_launcher_is_restarted_by_ray_and_found_at_its_new_address(
     fleet: pray.Fleet,
 ):
     actions = random_actions(40, 4, seed=3)
+    single = fleet.make(env_args=["CartPole-v1"], server=0)
     with fleet.make_vec(num_envs=4, env_args=["CartPole-v1"]) as vec:
         vec.reset(seed=5)
+        single.reset(seed=5)
         before = fleet.servers()[0]
         os.kill(before.launcher_pid, signal.SIGKILL)
         # its supervisor stops the server when the launcher's lifeline closes
         assert wait_gone(before.server_pid, 30) and wait_gone(before.supervisor_pid, 30)
         with pytest.raises(PortalConnectionError, match="lost 1 of 2 servers"):
             vec.step(actions[0])
+        with pytest.raises(PortalConnectionError):
+            single.step(0)
         ours = fleet_trajectory(vec, 5, actions[1:])
         after = fleet.servers()[0]
+        obs, _ = single.reset(seed=5)  # the single env finds the new address too
+        assert np.array_equal(obs, gymnasium.make("CartPole-v1").reset(seed=5)[0])
+        single.close()
     assert after.launcher_pid != before.launcher_pid and after.ready
     assert after.server_pid != before.server_pid
     assert_identical(ours, sync_trajectory(4, 5, actions[1:]))

@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 from ..errors import FleetError
 from ..portal.client import DEFAULT_TIMEOUT
 from ..portal.multivec import Endpoint
+from .agent import FleetEnv
 from .launcher import Launcher, ServerSpec
 from .vec import FleetVectorEnv
 
@@ -104,16 +105,13 @@ class Fleet:
         env_args: Optional[Sequence[Any]] = None,
         env_kwargs: Optional[Dict[str, Any]] = None,
         server: Optional[int] = None,
-        **options: Any,
-    ) -> Any:
-        """An AgentSidePortal on one server (server: its index; default: the next in turn)."""
-        from ..portal.agent import AgentSidePortal
-
+        timeout: Optional[float] = DEFAULT_TIMEOUT,
+        render_mode: Optional[str] = None,
+    ) -> FleetEnv:
+        """An AgentSidePortal (gymnasium.Env) on one server (server: its index; default: the
+        next in turn) that reconnects through the fleet after its server was lost."""
         index = next(self._next) % len(self._actors) if server is None else server
-        where = self.current(index)
-        return AgentSidePortal(
-            self.name, env_args, env_kwargs, address=where.address, token=self.token, **options
-        )
+        return FleetEnv(self, index, env_args, env_kwargs, timeout, render_mode)
 
     def make_vec(
         self,
