@@ -198,6 +198,8 @@ def test_stop_leaves_no_server_process_socket_state_or_actor(fleet: pray.Fleet):
         with pytest.raises(OSError):
             __import__("socket").create_connection((host, int(port)), 2).close()
     assert _alive_launchers() == []
+    with pytest.raises(FleetError, match="was stopped; launch"):
+        fleet.make_vec(num_envs=2, env_args=["CartPole-v1"])
 
 
 def test_driver_exit_leaves_no_server_process_or_actor(cluster: RayCluster, cartpole: Path):

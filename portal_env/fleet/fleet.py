@@ -69,6 +69,7 @@ class Fleet:
 
     def servers(self, timeout: float = 60.0) -> List[ServerInfo]:
         """Every server's launcher report (waits for launchers Ray is restarting)."""
+        self._require_open()
         infos = self._get([a.info.remote() for a in self._actors], timeout)
         return [ServerInfo(**info) for info in infos]
 
@@ -85,6 +86,7 @@ class Fleet:
                 f"server index {index} is out of range: the fleet has {count} servers "
                 f"(0-{count - 1})"
             )
+        self._require_open()
         deadline = time.monotonic() + timeout
         while True:
             left = max(0.1, deadline - time.monotonic())
@@ -137,7 +139,7 @@ class Fleet:
         import ray
         from ray.util.placement_group import remove_placement_group
 
-        refs = [a.stop.remote() for a in self._actors]
+        refs = [a.stop.remote() for a in self._actors]  # each removes its files too
         done, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout)
         for ref in done:
             try:
@@ -156,6 +158,12 @@ class Fleet:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+    def _require_open(self) -> None:
+        if self._closed:
+            raise FleetError(
+                f"the fleet of {self.name!r} was stopped; launch() a new one to make envs"
+            )
 
     def _get(self, refs: List[Any], timeout: float) -> List[Any]:
         import ray
