@@ -52,9 +52,19 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory, shared_cache_dir: Path) -
     work = tmp_path_factory.mktemp("ray-run")
     env_copy = work / "cartpole_env"
     shutil.copytree(EXAMPLE_ENV, env_copy)
-    lifecycle.build("mycart", path=env_copy, backend="venv")  # with network, into the cache
+    state = str(work / "state")  # not the user's state dir (a module fixture has no monkeypatch)
+    previous = os.environ.get("PORTAL_ENV_STATE_DIR")
+    os.environ["PORTAL_ENV_STATE_DIR"] = state
+    try:
+        lifecycle.build("mycart", path=env_copy, backend="venv")  # with network, into the cache
+    finally:
+        if previous is None:
+            del os.environ["PORTAL_ENV_STATE_DIR"]
+        else:
+            os.environ["PORTAL_ENV_STATE_DIR"] = previous
     report = work / "report.xml"
     env = dict(os.environ, PORTAL_ENV_FLEET_TEST_CACHE=str(shared_cache_dir), **token_env())
+    env["PORTAL_ENV_STATE_DIR"] = state
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     inner = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o",
              "timeout=600", f"--junitxml={report}", "tests/ray_cases.py"]  # fmt: skip
