@@ -90,3 +90,7 @@ class SupervisorError(PortalEnvError):
 
 class ChannelError(LockError, BuildError):
     """A conda channel or package URL that cannot be reached (while locking or building)."""
+
+
+class FleetError(PortalEnvError):
+    """A fleet of servers on a Ray cluster that could not be placed, started or reached."""

@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-HEAVY = ["docker", "conda_lock", "rattler", "uv", "rich", "click", "torch", "pydantic"]
+HEAVY = ["docker", "conda_lock", "rattler", "uv", "rich", "click", "torch", "pydantic", "ray"]
 
 
 def test_import_pulls_in_no_heavy_tools():
@@ -11,3 +11,8 @@ def test_import_pulls_in_no_heavy_tools():
     loaded = set(subprocess.check_output([sys.executable, "-c", code], text=True).split())
     assert "portal_env" in loaded and "gymnasium" in loaded
     assert not loaded & set(HEAVY), loaded & set(HEAVY)
+
+
+def test_the_fleet_package_imports_ray_only_when_launching():
+    code = "import sys, portal_env.fleet, portal_env.fleet.launcher; print('ray' in sys.modules)"
+    assert subprocess.check_output([sys.executable, "-c", code], text=True).strip() == "False"

@@ -187,3 +187,21 @@ def test_gymnasium_make_vec_by_id_returns_the_portal_vector_env(cartpole_dir: Pa
         for ours, theirs in zip(got[:4], expected[:4]):
             assert np.array_equal(ours, theirs)
         vec.close()
+
+
+def test_serve_with_a_given_token_uses_it_and_keeps_it_off_command_lines(cartpole_dir: Path):
+    from portal_env.errors import AuthenticationError, PortalEnvError
+
+    token = "fleet-token-" + "x" * 20
+    with portal_env.serve("mycart", path=cartpole_dir, backend="venv", token=token) as portal:
+        assert portal.token == token == registry.get("mycart").token
+        env = portal.make(env_args=["CartPole-v1"])
+        env.reset(seed=0)
+        env.close()
+        with pytest.raises(AuthenticationError):
+            AgentSidePortal("mycart", ["CartPole-v1"], address=portal.address, token="y" * 32)
+        record = registry.get("mycart")
+        for pid in (record.supervisor_pid, record.server_pid):
+            assert token.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    with pytest.raises(PortalEnvError, match="at least 16 characters"):
+        portal_env.serve("mycart", path=cartpole_dir, backend="venv", token="short")

@@ -2,6 +2,8 @@
 
 JOB is JSON: the env (name, path), its backend and options, and optionally the
 read end of a pipe from the starter (`lifeline_fd`) whose closing stops the portal.
+With `"token_from_env": true` the server's token is $PORTAL_ENV_TOKEN (never put on
+a command line, where `ps` shows it to every user).
 The runtime is already built by the starter; finding it here is a cache hit.
 """
 
@@ -9,9 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
+from .. import config
 from ..errors import PortalEnvError
 from . import lifecycle, supervisor
 
@@ -28,7 +32,10 @@ def main(job_text: str) -> int:
             base_image=job.get("base_image"),
             ca_bundle=Path(job["ca_bundle"]) if job.get("ca_bundle") else None,
         )
-        policy = supervisor.Policy(ready_timeout=job["ready_timeout"], host=job.get("host"))
+        token = os.environ.get(config.TOKEN_VAR) if job.get("token_from_env") else None
+        policy = supervisor.Policy(
+            ready_timeout=job["ready_timeout"], host=job.get("host"), token=token
+        )
         lifecycle.supervise(
             lifecycle.find(job["name"], path),
             runtime,

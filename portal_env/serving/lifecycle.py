@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from ..errors import BackendUnavailableError, CatalogError, ServerStartError
+from .. import config
+from ..errors import BackendUnavailableError, CatalogError, PortalEnvError, ServerStartError
 from ..runtimes import Reporter, Runtime, canonical, get
 from ..runtimes.base import LogReporter
 from ..runtimes.catalog import EnvSource
@@ -250,6 +251,7 @@ def serve(
     detach: bool = False,
     force: bool = False,
     host: Optional[str] = None,
+    token: Optional[str] = None,
     ready_timeout: float = 120.0,
     base_image: Optional[str] = None,
     ca_bundle: Optional[Path] = None,
@@ -264,12 +266,15 @@ def serve(
             stop() is called, or when this process ends.
         host: Listen on this interface over TCP (never by default: a private Unix
             socket, or loopback for a container).
+        token: The token the server expects (at least 16 characters; e.g. one token for a
+            fleet of servers); default: a fresh random one, in portal.token.
         ready_timeout: Seconds the server may take to answer its first health check.
 
     Returns:
         The running Portal; portal.make(...) and portal.make_vec(...) make envs on it.
     """
     source = find(name, path)
+    _check_token(token)
     registry.refuse_running(source.name)
     backend = canonical(backend or default_backend())
     build(
@@ -289,7 +294,11 @@ def serve(
         "ready_timeout": ready_timeout,
         "base_image": base_image,
         "ca_bundle": str(ca_bundle) if ca_bundle is not None else None,
+        "token_from_env": token is not None,
     }
+    env = dict(os.environ)
+    if token is not None:  # through the environment: a command line is public (ps)
+        env[config.TOKEN_VAR] = token
     lifeline_read, lifeline = (None, None) if detach else os.pipe()
     if lifeline_read is not None:
         job["lifeline_fd"] = lifeline_read
@@ -301,6 +310,7 @@ def serve(
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=out,
+            env=env,
             start_new_session=True,  # a Ctrl-C meant for the caller is the caller's to handle
             pass_fds=() if lifeline_read is None else (lifeline_read,),
         )
@@ -316,6 +326,18 @@ def serve(
     if detach:
         return Portal(record, detached=True)
     return Portal(record, _proc=proc, _lifeline=lifeline)
+
+
+MIN_TOKEN_LENGTH = 16
+
+
+def _check_token(token: Optional[str]) -> None:
+    if token is not None and (not isinstance(token, str) or len(token) < MIN_TOKEN_LENGTH):
+        length = len(token) if isinstance(token, str) else type(token).__name__
+        raise PortalEnvError(
+            f"serve(token=...) needs a string of at least {MIN_TOKEN_LENGTH} characters "
+            f"(got {length}); pass e.g. secrets.token_urlsafe(32), or no token for a fresh one"
+        )
 
 
 def _wait_ready(

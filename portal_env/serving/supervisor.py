@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import logging
 import os
 import secrets
@@ -47,6 +48,8 @@ class Policy:
         host: Interface the server binds, over TCP (e.g. a node's address on a cluster,
             where agents on other nodes connect); None: private to this host (a Unix socket
             for a local runtime, else TCP on loopback).
+        token: The token the server expects (e.g. one shared by a fleet of servers);
+            None: a fresh random one.
     """
 
     ready_timeout: float = 120.0
@@ -55,6 +58,7 @@ class Policy:
     max_failures: int = 5
     failure_window: float = 60.0
     host: Optional[str] = None
+    token: Optional[str] = dataclasses.field(default=None, repr=False)
 
 
 class Supervisor:
@@ -78,7 +82,7 @@ class Supervisor:
         self.runtime = runtime
         self.env_dir = env_dir
         self.policy = policy
-        self.token = secrets.token_urlsafe(32)
+        self.token = policy.token or secrets.token_urlsafe(32)
         self.log_path = registry.log_path(name)
         self.ready_file = _ready_file(name)
         self.handle: Optional[ServerHandle] = None
