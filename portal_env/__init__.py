@@ -14,6 +14,7 @@ import gymnasium
 
 from .errors import (
     AuthenticationError,
+    DirectoryError,
     PortalConnectionError,
     PortalEnvError,
     ProtocolError,
@@ -31,6 +32,7 @@ _LIFECYCLE = ("Portal", "build", "lock", "running", "serve", "stop")
 __all__ = [
     "AgentSidePortal",
     "AuthenticationError",
+    "DirectoryError",
     "EnvSidePortal",
     "PortalConnectionError",
     "PortalEnvError",

@@ -9,7 +9,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Sequence
 
 import pytest
 
@@ -47,8 +47,14 @@ class ServerProcess:
                 self.proc.wait()
 
 
-def start_server(tmp: Path, extra_env: Optional[Dict[str, str]] = None) -> ServerProcess:
-    """Start the test-env server on a free port and wait until it listens."""
+def start_server(
+    tmp: Path,
+    extra_env: Optional[Dict[str, str]] = None,
+    script: Path = SERVER_SCRIPT,
+    prefix: Sequence[str] = (),
+) -> ServerProcess:
+    """Start a test server script (default: the test envs') on a free port, optionally under
+    a command prefix such as prlimit, and wait until it listens."""
     ready = tmp / f"ready-{secrets.token_hex(4)}"
     log = tmp / f"server-{secrets.token_hex(4)}.log"
     token = secrets.token_hex(16)
@@ -59,7 +65,7 @@ def start_server(tmp: Path, extra_env: Optional[Dict[str, str]] = None) -> Serve
     env.update(extra_env or {})
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            [sys.executable, str(SERVER_SCRIPT)], env=env, stdout=out, stderr=out
+            [*prefix, sys.executable, str(script)], env=env, stdout=out, stderr=out
         )
     deadline = time.monotonic() + 30
     while not ready.exists():
@@ -113,15 +119,9 @@ def cartpole_dir(tmp_path: Path) -> Path:
 
 def pid_alive(pid: int) -> bool:
     """Whether pid is a running (not zombie) process."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state not in ("Z", "X")
+    from portal_env.serving import registry
+
+    return registry.is_alive(pid)
 
 
 def wait_gone(pid: int, seconds: float = 10.0) -> bool:

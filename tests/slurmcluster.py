@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from portal_env.serving import registry
+
 NODES = ("n1", "n2")
 DAEMONS = ("munged", "slurmctld", "slurmd", "sinfo", "sbatch", "srun", "scancel")
 
@@ -211,23 +213,11 @@ class SlurmCluster:
             except ProcessLookupError:
                 continue
             deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and _alive(pid):
+            while time.monotonic() < deadline and registry.is_alive(pid):
                 time.sleep(0.05)
-            if _alive(pid):
+            if registry.is_alive(pid):
                 os.kill(pid, signal.SIGKILL)
         self._pid_files.clear()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state not in ("Z", "X")
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from portal_env.portal import wire
 from portal_env.portal.wire import Address, Channel
 from portal_env.serving import registry
 
-from .conftest import ROOT, ServerProcess, cli
+from .conftest import ROOT, ServerProcess, cli, start_server
 
 SCRIPT = ROOT / "tests" / "serve_security.py"
 
@@ -50,25 +50,10 @@ def serve(
     unix: bool = False,
 ) -> ServerProcess:
     """Start tests/serve_security.py (optionally under a command prefix such as prlimit)."""
-    ready = tmp / f"ready-{secrets.token_hex(4)}"
-    log = tmp / f"server-{secrets.token_hex(4)}.log"
-    token = secrets.token_hex(16)
-    environ = dict(os.environ, PORTAL_ENV_PORT="0", PORTAL_ENV_TOKEN=token)
-    environ.update(PORTAL_ENV_READY_FILE=str(ready), PORTAL_ENV_STATE_DIR=str(tmp / "state"))
+    environ = dict(env or {})
     if unix:
-        environ["PORTAL_ENV_SOCKET"] = str(tmp / f"s-{secrets.token_hex(4)}.sock")
-    environ.update(env or {})
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [*prefix, sys.executable, str(SCRIPT)], env=environ, stdout=out, stderr=out
-        )
-    deadline = time.monotonic() + 30
-    while not ready.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"test server did not start:\n{log.read_text()}")
-        time.sleep(0.02)
-    return ServerProcess(proc, ready.read_text(), token, log)
+        environ.setdefault("PORTAL_ENV_SOCKET", str(tmp / f"s-{secrets.token_hex(4)}.sock"))
+    return start_server(tmp, environ, script=SCRIPT, prefix=prefix)
 
 
 @pytest.fixture
