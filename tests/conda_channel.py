@@ -274,7 +274,17 @@ def locked_cartpole(env_dir: Path, channel: Path, **spec: object) -> Path:
     example = Path(__file__).resolve().parent.parent / "examples" / "cartpole_env"
     (env_dir / "env_main.py").write_bytes((example / "env_main.py").read_bytes())
     write_spec(env_dir, channel, **spec)
-    command = [sys.executable, "-m", "portal_env.cli", "lock", "mycart", "-p", str(env_dir)]
+    command = [
+        sys.executable,
+        "-m",
+        "portal_env.cli",
+        "lock",
+        "mycart",
+        "-p",
+        str(env_dir),
+        "-b",
+        "mm",
+    ]
     done = subprocess.run(command + ["-b", "mm"], capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"locking {env_dir} failed:\n{done.stderr}")

@@ -181,7 +181,7 @@ def test_first_start_locks_a_spec_without_lockfile_and_says_so(env_dir: Path):
 def test_unsatisfiable_spec_names_the_packages(env_dir: Path, channel: Path, conda, expected):
     write_spec(env_dir, channel, conda=conda)
     (env_dir / LOCK).unlink()
-    done = cli("lock", "mycart", "-p", str(env_dir))
+    done = cli("lock", "mycart", "-p", str(env_dir), "-b", "mm")
     assert done.returncode == 1 and "cannot be satisfied" in done.stderr, done.stderr
     assert re.search(expected, done.stderr) and "Traceback" not in done.stderr
 
@@ -190,7 +190,7 @@ def test_malformed_spec_names_the_file_and_line(env_dir: Path):
     (env_dir / "spec.yml").write_text("channels:\n  - x\ndependencies:\n  - python\n - bad: [\n")
     with pytest.raises(SpecError, match=r"spec\.yml.*line 5"):
         condalock.read_spec(env_dir / "spec.yml")
-    done = cli("lock", "mycart", "-p", str(env_dir))
+    done = cli("lock", "mycart", "-p", str(env_dir), "-b", "mm")
     assert done.returncode == 1 and "spec.yml" in done.stderr and "line 5" in done.stderr
 
 
@@ -201,7 +201,7 @@ def test_unknown_platform_is_refused(env_dir: Path):
 
 def test_git_requirement_is_refused_before_solving(env_dir: Path, channel: Path):
     write_spec(env_dir, channel, pip=("gymnasium", "x @ git+https://example.invalid/x.git"))
-    done = cli("lock", "mycart", "-p", str(env_dir))
+    done = cli("lock", "mycart", "-p", str(env_dir), "-b", "mm")
     assert done.returncode == 1, done.stderr
     assert "cannot pin 'x @ git+https://example.invalid/x.git'" in done.stderr, done.stderr
 
@@ -336,7 +336,7 @@ def _lock_then_tamper(
 ) -> None:
     """Lock against the private channel, then swap cloudpickle's archive for another
     package's, and make the next build download into fresh pkgs."""
-    assert cli("lock", "mycart", "-p", str(env_dir)).returncode == 0
+    assert cli("lock", "mycart", "-p", str(env_dir), "-b", "mm").returncode == 0
     archive = next((private / "noarch").glob("cloudpickle-*.tar.bz2"))
     shutil.copy(next((private / "noarch").glob("typing-extensions-*.tar.bz2")), archive)
     monkeypatch.setenv("PORTAL_ENV_PKGS_DIR", str(tmp_path / "pkgs"))
