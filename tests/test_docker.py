@@ -198,7 +198,7 @@ def test_a_base_image_that_cannot_be_pulled_is_named_with_what_to_do(
     assert f"the base image {missing} of 'cart' is not in the Docker daemon" in done.stderr
     assert "--base-image IMAGE" in done.stderr
     assert "-b venv or -b micromamba" in done.stderr
-    assert re.search(r"cart: Step 1/\d+ : FROM \$\{BASE_IMAGE\}", done.stderr)  # progress
+    assert re.search(r"cart: Step \d+/\d+ : FROM \$\{BASE_IMAGE\}", done.stderr)  # progress
     # An image made from the conda lockfile names its base the same way.
     os.remove(env_dir / "Dockerfile.env")
     done = cli("build", "cart", "-p", str(env_dir), "-b", "docker", "--base-image", missing)
