@@ -462,3 +462,26 @@ def test_backend_protocol_and_alias():
     backend = get("mm")
     assert isinstance(backend, Backend) and backend.name == "micromamba"
     assert isinstance(backend, MicromambaBackend)
+
+
+def test_installer_choice_and_how_to_force_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    fake = tmp_path / "micromamba"
+    fake.write_text("#!/bin/sh\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.delenv("PORTAL_ENV_CONDA_INSTALLER")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("MAMBA_EXE", raising=False)
+    assert prefix.installer() == "micromamba"  # found on PATH: used by default
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
+    assert prefix.installer() == "py-rattler"  # none found
+    monkeypatch.setenv("MAMBA_EXE", str(fake))
+    assert prefix.installer() == "micromamba" and prefix.micromamba_exe() == str(fake)
+    monkeypatch.setenv("PORTAL_ENV_CONDA_INSTALLER", "rattler")
+    assert prefix.installer() == "py-rattler"
+    monkeypatch.delenv("MAMBA_EXE")
+    monkeypatch.setenv("PORTAL_ENV_CONDA_INSTALLER", "micromamba")
+    with pytest.raises(BuildError, match=r"PORTAL_ENV_CONDA_INSTALLER=micromamba.*MAMBA_EXE"):
+        prefix.installer()
+    monkeypatch.setenv("PORTAL_ENV_CONDA_INSTALLER", "conda")
+    with pytest.raises(BuildError, match=r"'conda' is not an installer; use 'rattler' or"):
+        prefix.installer()

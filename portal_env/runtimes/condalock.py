@@ -134,14 +134,24 @@ def lock_path(source: EnvSource) -> Path:
     return source.lock_dir / f"{source.lock_stem}{SUFFIX}"
 
 
-def recorded_spec_hash(path: Path) -> Optional[str]:
-    """The spec sha256 a lockfile records (None if it records none)."""
+def read_lockfile(path: Path) -> dict:
+    """A conda-lock file's content (the one reader of lockfiles; errors name the file)."""
     import yaml
 
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
-        raise LockError(f"cannot read the lockfile {path}: {exc}") from exc
+        raise LockError(
+            f"cannot read the lockfile {path}: {exc}. Re-lock: portal-env lock NAME -b mm"
+        ) from exc
+    if not isinstance(data, dict):
+        raise LockError(f"{path} is not a conda-lock file. Re-lock: portal-env lock NAME -b mm")
+    return data
+
+
+def recorded_spec_hash(path: Path) -> Optional[str]:
+    """The spec sha256 a lockfile records (None if it records none)."""
+    data = read_lockfile(path)
     custom = (data.get("metadata") or {}).get("custom_metadata") or {}
     return custom.get(SPEC_HASH_KEY)
 

@@ -33,6 +33,7 @@ from .base import Reporter
 from .cache import package_dir
 from .catalog import EnvSource
 from .commands import run, uv_bin
+from .condalock import read_lockfile
 from .venv import VenvRuntime
 
 logger = logging.getLogger(__name__)
@@ -96,12 +97,7 @@ def installer() -> str:
 
 def locked_packages(lock_path: Path, platform: str) -> List[dict]:
     """The lockfile's package entries for platform (conda and pip), as plain dicts."""
-    import yaml
-
-    try:
-        data = yaml.safe_load(lock_path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise BuildError(f"cannot read the lockfile {lock_path}: {exc}") from exc
+    data = read_lockfile(lock_path)
     packages = [p for p in data.get("package") or [] if p.get("platform") == platform]
     if not packages:
         raise BuildError(
@@ -276,7 +272,7 @@ def _conda_only_lock(lock_path: Path, directory: Path) -> Path:
     py-rattler, so both installers leave the same files."""
     import yaml
 
-    data = yaml.safe_load(lock_path.read_text())
+    data = read_lockfile(lock_path)
     data["package"] = [p for p in data.get("package") or [] if p.get("manager") != "pip"]
     path = directory / lock_path.name
     path.write_text(yaml.safe_dump(data, sort_keys=False))
