@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 import ale_py
 import gymnasium
 import numpy as np
@@ -156,6 +159,31 @@ class ScreenEnv(gymnasium.Env):
         return self.observation_space.sample(), 1.0, False, False, {}
 
 
+class SlowEnv(gymnasium.Env):
+    """Sleeps `delay` seconds per step (settable per instance) and tells its process id."""
+
+    observation_space = spaces.Box(0.0, 1e6, (2,), np.float64)
+    action_space = spaces.Discrete(2)
+
+    def __init__(self, delay=0.0):
+        self.delay = delay
+        self.t = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.array([self.t, self.delay]), {}
+
+    def step(self, action):
+        time.sleep(self.delay)
+        self.t += 1
+        return np.array([self.t, self.delay]), float(action), self.t >= 5, False, {"t": self.t}
+
+    def pid(self):
+        return os.getpid()
+
+
+gymnasium.register("PortalTest/Slow-v0", entry_point=SlowEnv, disable_env_checker=True)
 gymnasium.register("PortalTest/Screen-v0", entry_point=ScreenEnv, max_episode_steps=25)
 gymnasium.register("PortalTest/Typed-v0", entry_point=TypedEnv, disable_env_checker=True)
 gymnasium.register("PortalTest/Rich-v0", entry_point=RichEnv, max_episode_steps=50)

@@ -96,9 +96,11 @@ class Session:
         self._drop()
         return self._host(HostedEnv(self.factory, args, kwargs))
 
-    def make_vec(self, num_envs: int, args: List[Any], kwargs: dict) -> dict:
+    def make_vec(
+        self, num_envs: int, args: List[Any], kwargs: dict, num_workers: Optional[int] = None
+    ) -> dict:
         self._drop()
-        return self._host(HostedVectorEnv(self.factory, num_envs, args, kwargs))
+        return self._host(HostedVectorEnv(self.factory, num_envs, args, kwargs, num_workers))
 
     def handle(self, request: Any) -> List[Any]:
         """Run one request; returns [0, result] or [1, (type, message, traceback)]."""

@@ -25,12 +25,16 @@ class PortalVectorEnv(gymnasium.vector.VectorEnv):
         address: Optional[str] = None,
         token: Optional[str] = None,
         timeout: Optional[float] = DEFAULT_TIMEOUT,
+        num_workers: Optional[int] = None,
     ) -> None:
         self.env_name = env_name
         self.num_envs = num_envs
         self._client = Client.for_env(env_name, address, token, agent_in_docker, timeout)
         args, kwargs = list(env_args or []), dict(env_kwargs or {})
-        description = self._client.call("make_vec", num_envs, args, kwargs)
+        if num_workers is None:  # the server picks (its cores); older servers take 3 arguments
+            description = self._client.call("make_vec", num_envs, args, kwargs)
+        else:
+            description = self._client.call("make_vec", num_envs, args, kwargs, num_workers)
         self.single_observation_space = spaces.decode_space(description["observation_space"])
         self.single_action_space = spaces.decode_space(description["action_space"])
         self.observation_space = batch_space(self.single_observation_space, num_envs)
@@ -107,11 +111,27 @@ def make_vec(
     address: Optional[str] = None,
     token: Optional[str] = None,
     timeout: Optional[float] = DEFAULT_TIMEOUT,
+    num_workers: Optional[int] = None,
 ) -> PortalVectorEnv:
     """N instances of env_name's env as one gymnasium VectorEnv.
 
-    The arguments are those of AgentSidePortal, plus num_envs.
+    The arguments are those of AgentSidePortal, plus:
+
+    Args:
+        num_envs: How many env instances.
+        num_workers: Worker processes on the env's host, each stepping a contiguous
+            shard of the instances, all shards at once (default: one per core available
+            to the server, at most num_envs; 0 steps every instance in the server's
+            connection thread, one after another).
     """
     return PortalVectorEnv(
-        env_name, num_envs, env_args, env_kwargs, agent_in_docker, address, token, timeout
+        env_name,
+        num_envs,
+        env_args,
+        env_kwargs,
+        agent_in_docker,
+        address,
+        token,
+        timeout,
+        num_workers=num_workers,
     )
