@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import weakref
-from typing import Any, Callable, Optional
+from typing import Any, Callable, List, Optional
 
 from .. import config
 from ..errors import PortalConnectionError, ProtocolError, RemoteEnvError
@@ -30,6 +30,8 @@ class Client:
         self.address = address
         self.broken = False
         self.layout: Any = None
+        self._posted: List[str] = []  # requests sent whose replies are not read yet
+        self._step_sent = False  # a fast step request awaits its reply
         self._channel = wire.Channel.connect(address, token, timeout, config.spin_us())
         self._finalizer = weakref.finalize(self, self._channel.close)  # no I/O, just close
 
@@ -69,16 +71,60 @@ class Client:
             self._channel.send([op, *args])
             return self._unwrap(op, self._channel.recv())
 
+        if self._posted:
+            self.collect()
         return self._guarded(op, exchange)
+
+    def post(self, op: str, *args: Any) -> None:
+        """Send op without waiting for its reply; the next call reads it (and raises its error).
+
+        The server answers requests in order, so the agent can go on with its own
+        work while the server runs op.
+        """
+        self._guarded(op, lambda: self._channel.send([op, *args]))
+        self._posted.append(op)
+
+    def collect(self) -> None:
+        """Read the replies to posted requests; raise the first error among them."""
+        posted, self._posted = self._posted, []
+        failure: Optional[BaseException] = None
+        for op in posted:
+            try:
+                self._guarded(op, lambda op=op: self._unwrap(op, self._channel.recv()))
+            except RemoteEnvError as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
 
     def step(self, action: Any) -> Any:
         """A step, in the fast layout when the action fits it; the result as a sequence."""
+        self.step_send(action)
+        return self.step_receive()
+
+    def step_send(self, action: Any) -> None:
+        """Send a step request; step_receive() returns its result."""
+        if self._posted:
+            self.collect()
         request = self.layout.encode_action(action) if self.layout is not None else None
         if request is None or self.broken:
-            return self.call("step", action)
-        channel = self._channel
+            self.post("step", action)
+            return
         try:  # inline rather than through _guarded: this is the hot path
-            channel.send_parts(wire.FAST_STEP, [request], len(request))
+            self._channel.send_parts(wire.FAST_STEP, [request], len(request))
+        except (PortalConnectionError, OSError) as exc:
+            raise self._lost("step", exc) from exc
+        self._step_sent = True
+
+    def step_receive(self) -> Any:
+        """The result of the step step_send() sent, as a sequence."""
+        if not self._step_sent:  # sent as a general call
+            if self._posted[-1:] != ["step"]:
+                raise RuntimeError("step_receive() without a step_send() before it")
+            self._posted.pop()
+            return self._guarded("step", lambda: self._unwrap("step", self._channel.recv()))
+        self._step_sent = False
+        channel = self._channel
+        try:
             kind, payload = channel.recv_frame()
         except (PortalConnectionError, OSError) as exc:
             raise self._lost("step", exc) from exc

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
 
-from . import batchmem, fastpath, spaces, workers
+from . import asyncsteps, batchmem, fastpath, spaces, workers
 from .shard import EnvFactory, Shard, call, get_attr, set_attr
 
 
@@ -115,6 +115,15 @@ class HostedVectorEnv:
             self._start_workers(factory, args, kwargs, count)
         self.single_observation_space = self.facts["observation_space"]
         self.action_space = batch_space(self.facts["action_space"], num_envs)
+        self.pending = asyncsteps.AsyncSteps(self)
+
+    def extra_ops(self) -> Dict[str, Any]:
+        """Requests beyond the single-env ones: EnvPool-style async stepping."""
+        return {
+            "async_reset": self.pending.reset,
+            "send": self.pending.send,
+            "recv": self.pending.recv,
+        }
 
     def _start_workers(
         self, factory: EnvFactory, args: Sequence[Any], kwargs: Dict[str, Any], count: int
@@ -156,6 +165,7 @@ class HostedVectorEnv:
 
     def _each_shard(self, op: str, per_instance: Optional[Sequence[Any]], *args: Any) -> List[Any]:
         """Run op on every shard at once; per_instance values are split among the shards."""
+        self.pending.check_idle(op)
         if self.local is not None:
             if op == "step":
                 return [self.local.step(per_instance)]
@@ -202,6 +212,7 @@ class HostedVectorEnv:
     def set_attr(self, name: str, values: Sequence[Any]) -> None:
         if len(values) != self.num_envs:
             raise ValueError(f"set_attr got {len(values)} values for {self.num_envs} envs")
+        self.pending.check_idle("set_attr")
         if self.local is not None:
             self.local.each("set_attr", name, values)
             return

@@ -73,6 +73,9 @@ class Session:
         # nested tuple (a second msgpack pass) off the step path.
         self._ops["reset"] = lambda *args: list(hosted.reset(*args))
         self._ops["step"] = lambda action: list(hosted.step(action))
+        extra = getattr(hosted, "extra_ops", dict)()  # a vector env's async stepping
+        self._ops.update(extra)
+        self._extra = list(extra)
         self.layout = hosted.layout()
         return hosted.describe()
 
@@ -122,6 +125,9 @@ class Session:
             self.channel.shm = None  # sized for the env that is going
         for name in _ENV_OPS:
             self._ops[name] = self._no_env(name)
+        for name in getattr(self, "_extra", ()):
+            self._ops.pop(name, None)
+        self._extra: List[str] = []
         if hosted is not None:
             hosted.close()
 

@@ -34,6 +34,14 @@ def call(env: Any, name: str, args: Sequence[Any], kwargs: Dict[str, Any]) -> An
     return attr(*args, **kwargs) if callable(attr) else attr
 
 
+def _slice(tree: Any, lo: int, hi: int) -> Any:
+    if isinstance(tree, dict):
+        return {key: _slice(value, lo, hi) for key, value in tree.items()}
+    if isinstance(tree, tuple):
+        return tuple(_slice(value, lo, hi) for value in tree)
+    return tree[lo:hi]
+
+
 class InstanceError(Exception):
     """An env instance raised: carries its index and the original error's description."""
 
@@ -74,6 +82,7 @@ class Shard:
             raise
         self.space = self.envs[0].observation_space
         self.out = out
+        self._rows: Optional[List[Any]] = None  # per-instance views of out, made when needed
         self.autoreset = np.zeros(count, dtype=np.bool_)
 
     def facts(self) -> Dict[str, Any]:
@@ -119,6 +128,34 @@ class Shard:
             infos.append(info)
         self.autoreset = terminations | truncations
         return self._place(observations), rewards, terminations, truncations, infos
+
+    def reset_one(self, index: int, seed: Optional[int], options: Optional[dict]) -> Tuple:
+        """Reset instance index (global) alone: (index, obs or None, 0.0, False, False, info)."""
+        i = index - self.first
+        self.current = index
+        obs, info = self.envs[i].reset(seed=seed, options=options)
+        self.autoreset[i] = False
+        return index, self._place_one(i, obs), 0.0, False, False, info
+
+    def step_one(self, index: int, action: Any) -> Tuple:
+        """Step instance index (global) alone, with next-step autoreset, as step() does."""
+        i = index - self.first
+        self.current = index
+        if self.autoreset[i]:
+            obs, info = self.envs[i].reset()
+            reward, terminated, truncated = 0.0, False, False
+        else:
+            obs, reward, terminated, truncated, info = self.envs[i].step(action)
+        self.autoreset[i] = bool(terminated) or bool(truncated)
+        return index, self._place_one(i, obs), reward, terminated, truncated, info
+
+    def _place_one(self, i: int, obs: Any) -> Any:
+        if self.out is None:
+            return obs
+        if self._rows is None:
+            self._rows = [_slice(self.out, k, k + 1) for k in range(len(self.envs))]
+        concatenate(self.space, [obs], self._rows[i])
+        return None
 
     def each(self, op: str, *args: Any) -> List[Any]:
         """op on every instance: render, call, get_attr; set_attr takes one value each."""

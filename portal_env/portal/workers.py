@@ -162,6 +162,9 @@ def _serve(conn: Connection, parent_pid: int, shard: Shard) -> None:
             op, args = conn.recv()
         except EOFError:
             return
+        if op in ("step_each", "reset_each"):
+            _run_each(conn, shard, op, args)
+            continue
         try:
             if op == "close":
                 shard.close()
@@ -170,6 +173,20 @@ def _serve(conn: Connection, parent_pid: int, shard: Shard) -> None:
             conn.send(("ok", _run(shard, op, args)))
         except Exception as exc:
             conn.send(_failure(shard, exc, shard.first))
+
+
+def _run_each(conn: Connection, shard: Shard, op: str, args: Any) -> None:
+    """Step (or reset) instances one by one, replying for each as soon as it is done."""
+    items, options = args
+    for index, value in items:
+        try:
+            if op == "step_each":
+                result = shard.step_one(index, value)
+            else:
+                result = shard.reset_one(index, value, options)
+            conn.send(("ok", result))
+        except Exception as exc:
+            conn.send(_failure(shard, exc, index))
 
 
 def _run(shard: Shard, op: str, args: Any) -> Any:
@@ -244,10 +261,13 @@ class Worker:
         except (OSError, EOFError) as exc:
             raise self._died(op) from exc
 
-    def receive(self, op: str) -> Any:
-        """The reply to op; raises WorkerError if the worker died, InstanceError if it raised."""
+    def receive(self, op: str, wait: bool = True) -> Any:
+        """The reply to op; raises WorkerError if the worker died, InstanceError if it raised.
+
+        With wait=False the caller knows a reply (or the end of the process) is there.
+        """
         try:
-            while not self.conn.poll(_IDLE_CHECK_S):
+            while wait and not self.conn.poll(_IDLE_CHECK_S):
                 if not self.process.is_alive():
                     raise EOFError
             reply = self.conn.recv()
