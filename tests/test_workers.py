@@ -190,6 +190,7 @@ def test_workers_and_shared_memory_go_with_a_closed_env(server):
     files = shared_files([server.proc.pid, os.getpid(), *pids])
     assert all(deleted for _, deleted in files), files  # named nowhere while in use
     assert all(maps_batch(pid) for pid in [server.proc.pid, *pids])  # one nameless batch
+    assert all(shared_files([pid]) for pid in pids)  # and steps go into the agent's mapping
     vec.close()
     assert wait_gone_all(pids)
     assert not any(os.path.exists(path) for path, _ in files)
@@ -241,3 +242,15 @@ def test_workers_go_when_the_server_is_sigkilled(tmp_path):
         vec.close()
     finally:
         handle.stop()
+
+
+def test_without_shared_memory_the_batch_travels_by_socket(server, monkeypatch):
+    from portal_env.portal import sharedmem
+
+    monkeypatch.setattr(sharedmem, "MIN_BYTES", 1 << 40)  # as for an agent on another host
+    remote = make_vec("custom", 3, ["ALE/Pong-v5"], num_workers=2, **server.kwargs())
+    assert remote._client.layout.shm is None
+    assert_identical(
+        vec_trajectory(remote, 5, 12), vec_trajectory(local_vec("ALE/Pong-v5", 3), 5, 12)
+    )
+    remote.close()

@@ -63,7 +63,9 @@ class Slot:
         return codec.array_bytes(value)
 
     def share(self, value: np.ndarray, shm: Any) -> None:
-        np.frombuffer(shm, self.dtype, self.count).reshape(self.shape)[...] = value
+        target = np.frombuffer(shm, self.dtype, self.count).reshape(self.shape)
+        if value.ctypes.data != target.ctypes.data:  # else workers wrote it there already
+            target[...] = value
 
     def unshare(self, shm: Any) -> np.ndarray:
         return np.frombuffer(shm, self.dtype, self.count).reshape(self.shape).copy()

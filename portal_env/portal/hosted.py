@@ -108,6 +108,7 @@ class HostedVectorEnv:
         self.local: Optional[Shard] = None
         self.workers: List[workers.Worker] = []
         self.batch: Optional[batchmem.SharedBatch] = None
+        self.step_obs: Optional[np.ndarray] = None  # the agent's mapping, when workers write it
         if count == 0:
             self.local = Shard(factory, args, kwargs, 0, num_envs)
             self.facts = self.local.facts()
@@ -147,6 +148,24 @@ class HostedVectorEnv:
             raise
         finally:
             os.close(fd)
+
+    def adopt_agent_memory(self, path: str, layout: Any) -> None:
+        """Have the workers write step observations into the agent's own mapping.
+
+        Only where the step layout keeps a plain observation array at its start
+        (what fastpath.Slot.share writes); the reply then needs no copy here.
+        """
+        if not self.workers or layout.obs is None or layout.shm is None:
+            return
+        slot = layout.obs
+        for worker in self.workers:
+            worker.send("adopt_agent_memory", (path, len(layout.shm), slot.dtype, slot.shape))
+        if not all(workers.gather(self.workers, "adopt_agent_memory")):
+            for worker in self.workers:
+                worker.send("adopt_agent_memory", None)
+            workers.gather(self.workers, "adopt_agent_memory")
+            return  # observations then go through the shared batch, as for TCP
+        self.step_obs = np.frombuffer(layout.shm, slot.dtype, slot.count).reshape(slot.shape)
 
     def describe(self) -> Dict[str, Any]:
         return _describe(self.facts)
@@ -194,6 +213,8 @@ class HostedVectorEnv:
             np.concatenate([part[k] for part in results]) for k in (1, 2, 3)
         )
         infos = [info for part in results for info in part[4]]
+        if self.step_obs is not None:
+            return [self.step_obs, rewards, terminations, truncations, infos]
         obs = self._batch([part[0] for part in results])
         return [obs, rewards, terminations, truncations, infos]
 

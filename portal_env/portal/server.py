@@ -87,6 +87,9 @@ class Session:
         layout.shm = sharedmem.attach(path, size)
         if self.channel is not None:
             self.channel.shm = layout.shm
+        adopt = getattr(self.hosted, "adopt_agent_memory", None)
+        if adopt is not None and layout.shm is not None:
+            adopt(path, layout)  # worker processes write step observations straight there
         return layout.shm is not None
 
     def fast_step(self, payload: bytearray) -> Any:

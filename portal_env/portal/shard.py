@@ -82,6 +82,7 @@ class Shard:
             raise
         self.space = self.envs[0].observation_space
         self.out = out
+        self.step_out: Any = None  # rows of the agent's own mapping, for step() only
         self._rows: Optional[List[Any]] = None  # per-instance views of out, made when needed
         self.autoreset = np.zeros(count, dtype=np.bool_)
 
@@ -96,10 +97,11 @@ class Shard:
             "spec_id": getattr(getattr(env, "spec", None), "id", None),
         }
 
-    def _place(self, observations: List[Any]) -> Optional[List[Any]]:
-        if self.out is None:
+    def _place(self, observations: List[Any], out: Any = None) -> Optional[List[Any]]:
+        out = self.out if out is None else out
+        if out is None:
             return observations
-        concatenate(self.space, observations, self.out)
+        concatenate(self.space, observations, out)
         return None
 
     def reset(self, seeds: Sequence[Optional[int]], options: Optional[dict]) -> Tuple[Any, Any]:
@@ -127,7 +129,8 @@ class Shard:
             observations.append(obs)
             infos.append(info)
         self.autoreset = terminations | truncations
-        return self._place(observations), rewards, terminations, truncations, infos
+        placed = self._place(observations, self.step_out)
+        return placed, rewards, terminations, truncations, infos
 
     def reset_one(self, index: int, seed: Optional[int], options: Optional[dict]) -> Tuple:
         """Reset instance index (global) alone: (index, obs or None, 0.0, False, False, info)."""

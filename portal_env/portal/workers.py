@@ -31,6 +31,8 @@ import warnings
 from multiprocessing.connection import Connection, wait
 from typing import Any, Dict, List, Optional, Sequence
 
+import numpy as np
+
 from ..errors import PortalEnvError
 from .shard import EnvFactory, InstanceError, Shard
 
@@ -205,6 +207,20 @@ def _run(shard: Shard, op: str, args: Any) -> Any:
         finally:
             os.close(fd)  # the mapping stays; the descriptor is not needed any more
         return None
+    if op == "adopt_agent_memory":
+        from . import sharedmem
+
+        if args is None:  # another worker could not map it: nobody uses it
+            shard.step_out = None
+            return True
+        path, size, dtype, shape = args
+        mapping = sharedmem.attach(path, size)
+        if mapping is None:
+            return False
+        count = int(np.prod(shape, dtype=np.int64))
+        batch = np.frombuffer(mapping, dtype, count).reshape(shape)
+        shard.step_out = batch[shard.first : shard.first + len(shard.envs)]
+        return True
     return shard.each(op, *args)
 
 
