@@ -183,6 +183,34 @@ class SlowEnv(gymnasium.Env):
         return os.getpid()
 
 
+class InfosEnv(gymnasium.Env):
+    """MuJoCo-like infos: the same keys and types step after step, then now and then
+    a change (a new key, another type) and back."""
+
+    observation_space = spaces.Box(-1.0, 1.0, (3,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self.np_random.random(3, dtype=np.float32), {"x_position": 0.0}
+
+    def step(self, action):
+        self.t += 1
+        x = float(self.np_random.normal())
+        info = {"x_position": x, "reward_run": np.float64(x / 2), "t": np.int64(self.t)}
+        phase = self.t % 10
+        if phase == 7:
+            info["note"] = "a string is not packed"
+        elif phase == 8:
+            info["reward_run"] = np.float32(x)
+        elif phase == 9:
+            info["t"] = self.t  # a Python int now
+        obs = self.np_random.random(3, dtype=np.float32)
+        return obs, x, self.t >= 33, False, info
+
+
+gymnasium.register("PortalTest/Infos-v0", entry_point=InfosEnv, disable_env_checker=True)
 gymnasium.register("PortalTest/Slow-v0", entry_point=SlowEnv, disable_env_checker=True)
 gymnasium.register("PortalTest/Screen-v0", entry_point=ScreenEnv, max_episode_steps=25)
 gymnasium.register("PortalTest/Typed-v0", entry_point=TypedEnv, disable_env_checker=True)

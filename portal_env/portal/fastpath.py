@@ -19,10 +19,12 @@ from gymnasium import spaces as gs
 from gymnasium.vector.utils import batch_space
 
 from ..errors import ProtocolError
-from . import codec, sharedmem
+from . import codec, infopack, sharedmem
 
 _HEAD = struct.Struct("<BBBBxxxxd")  # reward kind, terminated, truncated, flags, reward
-_HAS_INFO, _OBS_SHARED = 1, 2  # flags
+# flags: an info follows; the obs is in shared memory; the info is packed by the learnt
+# schema (infopack); the info went through the codec and both sides learn its schema.
+_HAS_INFO, _OBS_SHARED, _INFO_PACKED, _INFO_LEARN = 1, 2, 4, 8
 _ZEROS = bytes(codec.ALIGN)
 _SMALL = 4096
 _INT64 = np.dtype(np.int64)
@@ -107,9 +109,10 @@ class _Layout:
 
     obs: Optional[Slot]
 
-    def __init__(self, observation_space: Any) -> None:
+    def __init__(self, observation_space: Any, many_infos: bool) -> None:
         self.capacity = shared_capacity(observation_space)
         self.shm: Any = None
+        self.infos = infopack.InfoPacker(many_infos)
         self._encoder = codec.Encoder()
         self._decoder = codec.Decoder()
 
@@ -132,6 +135,25 @@ class _Layout:
             return self.obs.unshare(self.shm), _HEAD.size
         return self.obs.read(payload, _HEAD.size), _HEAD.size + self.obs.padded
 
+    def _put_info(self, info: Any, parts: List[Any], size: int) -> Tuple[int, int]:
+        """Append info packed by the learnt schema, else by the codec; (flags, new size)."""
+        packed = self.infos.pack(info)
+        if packed is not None:
+            parts += [packed]
+            return _HAS_INFO | _INFO_PACKED, size + len(packed)
+        self.infos.learn(info)
+        return _HAS_INFO | _INFO_LEARN, self._pack_tail(parts, size, info)
+
+    def _get_info(self, payload: Any, offset: int, flags: int) -> Any:
+        if flags & _INFO_PACKED:
+            if not self.infos.size or len(payload) - offset != self.infos.size:
+                raise ProtocolError("packed step info that does not match the learnt schema")
+            return self.infos.unpack(memoryview(payload)[offset:])
+        info = self._read_tail(payload, offset)
+        if flags & _INFO_LEARN:
+            self.infos.learn(info)
+        return info
+
     def _pack_tail(self, parts: List[Any], size: int, tail: Any) -> int:
         tail_parts, tail_size = self._encoder.encode(tail)
         parts.extend(tail_parts)
@@ -145,7 +167,7 @@ class EnvLayout(_Layout):
     """Step layout of a single env: action → (obs, reward, terminated, truncated, info)."""
 
     def __init__(self, observation_space: Any, action_space: Any) -> None:
-        super().__init__(observation_space)
+        super().__init__(observation_space, many_infos=False)
         self.obs = slot_for(observation_space)
         self.action = slot_for(action_space)
         action = self.action
@@ -198,11 +220,11 @@ class EnvLayout(_Layout):
             return None
         parts: List[Any] = [b""]
         flags, size = self._put_obs(obs, parts)
-        flags |= _HAS_INFO if info else 0
-        parts[0] = _HEAD.pack(reward_kind, term, trunc, flags, reward)
         size += _HEAD.size
         if info:
-            size = self._pack_tail(parts, size, info)
+            info_flags, size = self._put_info(info, parts, size)
+            flags |= info_flags
+        parts[0] = _HEAD.pack(reward_kind, term, trunc, flags, reward)
         return parts, size
 
     def decode_result(self, payload: Any) -> Tuple[Any, ...]:
@@ -212,7 +234,7 @@ class EnvLayout(_Layout):
         if reward_kind > 3 or term > 3 or trunc > 3:
             raise ProtocolError("malformed fast step reply header")
         obs, end = self._get_obs(payload, flags)
-        info = self._read_tail(payload, end) if flags & _HAS_INFO else {}
+        info = self._get_info(payload, end, flags) if flags & _HAS_INFO else {}
         reward = _REWARD_MAKERS[reward_kind](reward)
         return obs, reward, _FLAG_VALUES[term], _FLAG_VALUES[trunc], info
 
@@ -221,7 +243,7 @@ class VectorLayout(_Layout):
     """Step layout of N envs: actions → (obs, rewards, terminations, truncations, infos)."""
 
     def __init__(self, observation_space: Any, action_space: Any, num_envs: int) -> None:
-        super().__init__(batch_space(observation_space, num_envs))
+        super().__init__(batch_space(observation_space, num_envs), many_infos=True)
         obs = slot_for(observation_space)
         action = slot_for(action_space)
         self.obs = slot_for(batch_space(observation_space, num_envs)) if obs else None
@@ -251,14 +273,14 @@ class VectorLayout(_Layout):
             return None
         parts: List[Any] = [b""]
         flags, size = self._put_obs(obs, parts)
-        flags |= _HAS_INFO if any(infos) else 0
-        parts[0] = _HEAD.pack(0, 0, 0, flags, 0.0)
         for value, slot in ((rewards, self.rewards), (terminations, self.flags)):
             parts += [Slot.raw(value), slot.pad()]
         parts += [Slot.raw(truncations), self.flags.pad()]
         size += _HEAD.size + self.rewards.padded + 2 * self.flags.padded
-        if flags & _HAS_INFO:
-            size = self._pack_tail(parts, size, infos)
+        if any(infos):
+            info_flags, size = self._put_info(infos, parts, size)
+            flags |= info_flags
+        parts[0] = _HEAD.pack(0, 0, 0, flags, 0.0)
         return parts, size
 
     def decode_result(self, payload: Any) -> List[Any]:
@@ -271,5 +293,5 @@ class VectorLayout(_Layout):
             values.append(slot.read(payload, offset))
             offset += slot.padded
         n = self.rewards.shape[0]
-        values.append(self._read_tail(payload, offset) if flags & _HAS_INFO else [{}] * n)
+        values.append(self._get_info(payload, offset, flags) if flags & _HAS_INFO else [{}] * n)
         return values
