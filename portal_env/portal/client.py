@@ -8,7 +8,7 @@ from typing import Any, Callable, List, Optional
 
 from .. import config
 from ..errors import PortalConnectionError, ProtocolError, RemoteEnvError
-from . import sharedmem, wire
+from . import obsring, sharedmem, wire
 
 DEFAULT_TIMEOUT = 300.0  # seconds; generous for slow resets (emulators, Minecraft-likes)
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -54,14 +54,19 @@ class Client:
         local = self.address.path is not None or self.address.host in _LOOPBACK
         if not (local and layout.wants_shared_memory()):
             return
-        path, mapping = sharedmem.create(layout.capacity)
-        try:
-            accepted = self.call("share_memory", path, layout.capacity)
-        finally:
-            os.unlink(path)  # both sides have it mapped (or not): nothing to leak
-        if accepted:
-            layout.shm = self._channel.shm = mapping
-        else:
+        ring = obsring.slots_for(layout.capacity) if layout.max_ring else 0
+        for slots in (ring, 0) if ring else (0,):  # a server without rings declines the first
+            path, mapping = sharedmem.create(layout.capacity * (1 + slots))
+            try:
+                accepted = self.call("share_memory", path, layout.capacity * (1 + slots))
+            finally:
+                os.unlink(path)  # both sides have it mapped (or not): nothing to leak
+            if accepted:
+                layout.shm = mapping
+                self._channel.shm = memoryview(mapping)[: layout.capacity] if slots else mapping
+                if slots:
+                    layout.ring = obsring.Ring(mapping, layout.capacity, slots)
+                return
             mapping.close()
 
     def call(self, op: str, *args: Any) -> Any:

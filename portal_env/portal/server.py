@@ -82,11 +82,16 @@ class Session:
     def share_memory(self, path: str, size: int) -> bool:
         """Map the agent's shared memory for observations; False if it cannot be used here."""
         layout = self.layout
-        if layout is None or not layout.wants_shared_memory() or size != layout.capacity:
+        if layout is None or not layout.wants_shared_memory() or size % layout.capacity:
+            return False
+        ring = size // layout.capacity - 1  # observation slots beyond the first (single envs)
+        if not 0 <= ring <= layout.max_ring:
             return False
         layout.shm = sharedmem.attach(path, size)
-        if self.channel is not None:
-            self.channel.shm = layout.shm
+        layout.ring_slots = ring
+        if self.channel is not None and layout.shm is not None:
+            # General replies use the first slot only: the others may be in the agent's hands.
+            self.channel.shm = memoryview(layout.shm)[: layout.capacity] if ring else layout.shm
         adopt = getattr(self.hosted, "adopt_agent_memory", None)
         if adopt is not None and layout.shm is not None:
             adopt(path, layout)  # worker processes write step observations straight there
