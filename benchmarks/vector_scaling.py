@@ -180,12 +180,17 @@ def serve(socket_path: str, always_spin: bool) -> None:
 
     from portal_env import EnvSidePortal
     from portal_env.portal import spin
+    from portal_env.portal.screenbuf import ale_screen_into
 
     if always_spin:  # the policy before spinning looked for a spare core
         spin.spare_core = lambda: True
 
     gymnasium.register_envs(ale_py)
-    EnvSidePortal(env_factory=gymnasium.make, token=TOKEN, socket_path=socket_path).run()
+
+    def make(*args: Any, **kwargs: Any) -> Any:  # as the built-in ale env serves them
+        return ale_screen_into(gymnasium.make(*args, **kwargs))
+
+    EnvSidePortal(env_factory=make, token=TOKEN, socket_path=socket_path).run()
 
 
 # --- row makers --------------------------------------------------------------------------

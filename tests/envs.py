@@ -219,6 +219,14 @@ gymnasium.register("PortalTest/Faulty-v0", entry_point=FaultyEnv, disable_env_ch
 gymnasium.register("PortalTest/Big-v0", entry_point=BigEnv)
 
 
-def make(*args, **kwargs):
-    """The factory the test servers serve: gymnasium.make with the test envs registered."""
-    return gymnasium.make(*args, **kwargs)
+def make(*args, screen_into=False, **kwargs):
+    """The factory the test servers serve: gymnasium.make with the test envs registered.
+
+    screen_into=True gives ALE envs the hook that writes frames into shared memory.
+    """
+    env = gymnasium.make(*args, **kwargs)
+    if screen_into:
+        from portal_env.portal.screenbuf import ale_screen_into
+
+        env = ale_screen_into(env)
+    return env

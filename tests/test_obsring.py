@@ -10,7 +10,7 @@ import pytest
 from portal_env import AgentSidePortal, PortalEnvError
 from portal_env.portal import obsring
 from tests import envs
-from tests.test_agent import assert_identical
+from tests.test_agent import assert_identical, run_trajectory
 
 
 def test_a_slot_is_reused_only_when_no_view_of_it_is_left():
@@ -61,3 +61,22 @@ def test_ring_off_gives_writable_copies(server, monkeypatch):
     with AgentSidePortal("custom", ["ALE/Pong-v5"], **server.kwargs()) as env:
         env.reset(seed=0)
         assert env._client.layout.ring is None and env.step(0)[0].flags.writeable
+
+
+@pytest.mark.parametrize("obs_type", ["rgb", "grayscale"])
+def test_ale_writes_frames_straight_into_shared_memory(server, obs_type):
+    kwargs = {"obs_type": obs_type}
+    env = AgentSidePortal(
+        "custom", ["ALE/Pong-v5"], dict(kwargs, screen_into=True), **server.kwargs()
+    )
+    local = envs.make("ALE/Pong-v5", **kwargs)
+    assert_identical(run_trajectory(env, 6, 40), run_trajectory(local, 6, 40))
+    writes = env.get_attr("portal_screen_writes")
+    if obs_type == "rgb":
+        assert writes >= 35  # every fast step but the resets'
+    else:  # 33 KB frames take the socket: no shared memory to write into
+        assert env._client.layout.shm is None and writes == 0
+    kept = [env.step(1)[0] for _ in range(6)]  # beyond the ring: the hook writes the scratch
+    expected = [local.step(1)[0] for _ in range(6)]
+    assert_identical([k.copy() for k in kept], expected)
+    env.close()

@@ -189,6 +189,21 @@ class EnvLayout(_Layout):
 
     max_ring = 15  # ring slots a request's first byte can name
 
+    _fresh = False
+
+    def obs_target(self) -> Optional[np.ndarray]:
+        """Where the reply to the fast request just decoded puts its obs in shared memory.
+
+        None unless such a request is being answered (a general-codec step must
+        not write into a ring slot the agent may still hold).
+        """
+        if not self._fresh or self.shm is None or self.obs is None:
+            return None
+        self._fresh = False
+        obs = self.obs
+        offset = self.slot * self.capacity
+        return np.frombuffer(self.shm, obs.dtype, obs.count, offset).reshape(obs.shape)
+
     def encode_action(self, action: Any) -> Optional[bytes]:
         request = self._encode_action(action)
         if request is None or self.ring is None:
@@ -214,6 +229,7 @@ class EnvLayout(_Layout):
         if slot is None or len(payload) < 1:
             raise ProtocolError("fast step request for an env without a fast layout")
         self.slot = payload[0] >> 4
+        self._fresh = True  # obs_target() may be used for this request's reply
         if self.slot > self.ring_slots:
             raise ProtocolError(f"fast step request for ring slot {self.slot} of {self.ring_slots}")
         tag = _TAGS[payload[0] & 15]

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
 
-from . import asyncsteps, batchmem, fastpath, spaces, workers
+from . import asyncsteps, batchmem, fastpath, screenbuf, spaces, workers
 from .shard import EnvFactory, Shard, call, get_attr, set_attr
 
 
@@ -29,6 +29,8 @@ class HostedEnv:
 
     def __init__(self, factory: EnvFactory, args: Sequence[Any], kwargs: Dict[str, Any]) -> None:
         self.env = factory(*args, **kwargs)
+        self._into = screenbuf.find_hook(self.env)  # the env can write into shared memory
+        self._layout: Optional[fastpath.EnvLayout] = None
 
     def describe(self) -> Dict[str, Any]:
         env = self.env
@@ -43,13 +45,21 @@ class HostedEnv:
         )
 
     def layout(self) -> fastpath.EnvLayout:
-        return fastpath.EnvLayout(self.env.observation_space, self.env.action_space)
+        self._layout = fastpath.EnvLayout(self.env.observation_space, self.env.action_space)
+        return self._layout
 
     def reset(self, seed: Optional[int], options: Optional[dict]) -> Any:
         return self.env.reset(seed=seed, options=options)
 
     def step(self, action: Any) -> Any:
-        return self.env.step(action)
+        target = self._layout.obs_target() if self._into and self._layout else None
+        if target is None:
+            return self.env.step(action)
+        self._into(target)  # a fast-path step: the env writes its frame where the agent reads
+        try:
+            return self.env.step(action)
+        finally:
+            self._into(None)
 
     def render(self) -> Any:
         return self.env.render()
