@@ -512,7 +512,7 @@ def format_targets(rows: List[Row]) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: List[Row], path: Path, cores: int) -> None:
+def plot(rows: List[Row], path: Path, cores: int, load: Tuple[float, float]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -524,19 +524,23 @@ def plot(rows: List[Row], path: Path, cores: int) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     ax.plot(ks, [y or 0 for y in ys], "o-", label="make_vec (num_workers=k)")
     styles = {
-        "SyncVectorEnv": ":",
-        "AsyncVectorEnv": "--",
-        "EnvPool Pong-v5 (own preprocessing)": "-.",
+        "SyncVectorEnv": (":", "gray"),
+        "AsyncVectorEnv": ("--", "tab:orange"),
+        "EnvPool Pong-v5 (own preprocessing)": ("-.", "tab:green"),
     }
-    for name, style in styles.items():
+    for name, (style, color) in styles.items():
         y = value(scale, "scale", name)
         if y:
-            ax.axhline(y, linestyle=style, color="gray" if "Sync" in name else None, label=name)
+            ax.axhline(y, linestyle=style, color=color, label=name)
     ax.set_xticks(ks)
     ax.set_xlabel("num_workers (0: the server thread steps every instance)")
     ax.set_ylabel("env-steps/s")
     ax.set_ylim(bottom=0)
-    ax.set_title(f"ALE/Pong-v5 x16 on {cores} cores (best of interleaved repetitions)")
+    ax.set_title(
+        f"ALE/Pong-v5 x16 on {cores} cores, best of interleaved repetitions\n"
+        f"(1-min load average {load[0]:.1f} before, {load[1]:.1f} after)",
+        fontsize=10,
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -565,6 +569,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         f"load average before: {os.getloadavg()[0]:.2f})"
     )
     rows: List[Row] = []
+    load_before = os.getloadavg()[0]
     if args.only != "scaling":
         targets = target_rows(cores)
         run_rows(targets, plan)
@@ -577,7 +582,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         rows += scale
         print(format_rows(scale))
         if args.plot:
-            plot(scale, args.plot, cores)
+            plot(scale, args.plot, cores, (load_before, os.getloadavg()[0]))
             print(f"\nplot written to {args.plot}")
     print(f"\nload average after: {os.getloadavg()[0]:.2f}")
 
