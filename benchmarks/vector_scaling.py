@@ -8,7 +8,8 @@ Two tables, each from one run of this script:
 1. Targets (issue 13): Pong-v5 x8 and CartPole-v1 x8 as ``SyncVectorEnv``,
    ``AsyncVectorEnv`` and ``make_vec`` (default workers, and ``num_workers=0``);
    an agent that spends 1 ms of busy CPU per batch stepping Pong x8 synchronously
-   versus with ``batch_size=4`` (``send``/``recv``); single envs (CartPole, Pong,
+   versus with ``batch_size=4`` (``send``/``recv``), and the same with the agent
+   sleeping 1 ms instead (inference on an accelerator); single envs (CartPole, Pong,
    HalfCheetah-v5 when mujoco imports) in-process versus over a Unix socket.
 2. Scaling: Pong-v5 x16 as ``make_vec`` with ``num_workers`` = 0..cores, beside
    ``SyncVectorEnv``, ``AsyncVectorEnv`` and EnvPool's own Pong-v5 x16 (its own
@@ -197,6 +198,11 @@ def serve(socket_path: str, always_spin: bool) -> None:
 
 
 def _busy(seconds: float) -> None:
+    """The agent's own work per batch: a busy loop (CPU inference); negative: a sleep
+    (inference on an accelerator, which leaves the CPU to the envs)."""
+    if seconds < 0:
+        time.sleep(-seconds)
+        return
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
         pass
@@ -423,6 +429,12 @@ def target_rows(cores: int) -> List[Row]:
             "make_vec batch_size=4 + 1 ms",
             portal_vector(PONG, 8, busy=BUSY_S, batch_size=4),
         ),
+        Row("sleep", "make_vec step + 1 ms", portal_vector(PONG, 8, busy=-BUSY_S)),
+        Row(
+            "sleep",
+            "make_vec batch_size=4 + 1 ms",
+            portal_vector(PONG, 8, busy=-BUSY_S, batch_size=4),
+        ),
         Row("cp8", "SyncVectorEnv", local_vector(CARTPOLE, 8, False)),
         Row("cp8", "AsyncVectorEnv", local_vector(CARTPOLE, 8, True)),
         Row("cp8", "make_vec", portal_vector(CARTPOLE, 8)),
@@ -446,9 +458,17 @@ TARGETS = [  # (group, numerator, denominator, at least)
     ("cp1", "portal Unix", "in-process", 0.25),
 ]
 
+COMPARISONS = [  # informational ratios, no target
+    ("sleep", "make_vec batch_size=4 + 1 ms", "make_vec step + 1 ms"),
+    ("pong8", "make_vec num_workers=0", "SyncVectorEnv"),
+    ("cp8", "make_vec num_workers=0", "SyncVectorEnv"),
+    ("cp8", "make_vec num_workers=0", "AsyncVectorEnv"),
+]
+
 TITLES = {
     "pong8": "ALE/Pong-v5 x8",
     "busy": "ALE/Pong-v5 x8, agent busy 1 ms per batch",
+    "sleep": "ALE/Pong-v5 x8, agent sleeps 1 ms per batch (inference off the CPU)",
     "cp8": "CartPole-v1 x8",
     "cp1": "CartPole-v1, 1 env",
     "pong1": "ALE/Pong-v5, 1 env",
@@ -509,6 +529,11 @@ def format_targets(rows: List[Row]) -> str:
             continue
         verdict = "PASS" if a / b >= bound else "MISS"
         lines.append(f"  {label:70} {a / b:5.2f}  (target >= {bound:g}) {verdict}")
+    lines.append("Comparisons (no target)")
+    for group, num, den in COMPARISONS:
+        a, b = value(rows, group, num), value(rows, group, den)
+        ratio = f"{a / b:5.2f}" if a and b else "  n/a"
+        lines.append(f"  {TITLES[group] + ': ' + num + ' / ' + den:70} {ratio}")
     return "\n".join(lines)
 
 
