@@ -6,7 +6,12 @@ without pickling it; a forked worker also starts in milliseconds, without
 importing the env's libraries again. Forking a threaded server is safe enough
 here because the child runs only this module's loop: it first detaches every
 inherited socket (other agents' connections, the listener, sibling workers'
-pipes) and never touches the server's own objects.
+pipes) and never touches the server's own objects. What remains is the usual
+hazard of fork in a threaded process: a C library lock held by another
+connection's thread at that instant (an env stepping with the GIL released)
+stays locked in the child, and a worker whose envs need that lock would hang
+until the agent's timeout. A zygote forked while the server is still single-
+threaded would remove it; it is not built (yet).
 
 A worker never outlives its server: it asks the kernel for SIGKILL when the
 thread that forked it ends (PR_SET_PDEATHSIG; that thread is the connection's,
