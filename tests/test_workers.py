@@ -34,11 +34,6 @@ def child_pids(pid):
     return sorted(out)
 
 
-def start_time(pid):
-    """When pid started, in clock ticks since boot (field 22 of /proc/PID/stat)."""
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-
-
 def shared_files(pids):
     """Files under /dev/shm that the processes map: (path, deleted) pairs."""
     found = set()
@@ -265,7 +260,11 @@ def test_a_killed_pong_worker_is_named_on_the_next_step(server):
     vec = make_vec("custom", 4, ["ALE/Pong-v5"], num_workers=2, **server.kwargs())
     vec.reset(seed=0)
     vec.step(vec.action_space.sample())
-    second = max(child_pids(server.proc.pid), key=start_time)  # forked last: instances 2-3
+    names = {
+        Path(f"/proc/{pid}/comm").read_text().strip(): pid for pid in child_pids(server.proc.pid)
+    }
+    assert sorted(names) == ["penv-worker-0", "penv-worker-2"]
+    second = names["penv-worker-2"]
     os.kill(second, signal.SIGKILL)
     assert wait_gone(second)
     with pytest.raises(RemoteEnvError, match=f"\\(pid {second}\\) running env instances 2-3 died"):

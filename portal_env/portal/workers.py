@@ -44,6 +44,7 @@ from .shard import EnvFactory, InstanceError, Shard
 logger = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
 _IDLE_CHECK_S = 1.0  # how often a waiting side checks that its peer process still lives
 _CLOSE_WAIT_S = 5.0
 
@@ -90,6 +91,15 @@ def _die_with_parent(parent_pid: int) -> None:
         return  # not Linux: the idle check in _serve covers it
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os._exit(1)
+
+
+def _set_name(first: int) -> None:
+    """Name the process after its first instance (`ps`, /proc/PID/comm: penv-worker-3)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_NAME, f"penv-worker-{first}".encode()[:15], 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _detach_inherited(keep: Sequence[int]) -> None:
@@ -148,6 +158,7 @@ def _worker_main(
     batch_fd: int,
 ) -> None:
     _die_with_parent(parent_pid)
+    _set_name(first)
     _detach_inherited([conn.fileno(), batch_fd])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
     shard: Optional[Shard] = None
