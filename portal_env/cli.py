@@ -1,4 +1,4 @@
-"""The `portal-env` command: thin click commands over catalog, runtimes, supervisor, registry.
+"""The `portal-env` command: parsing and printing over the lifecycle API (serving.lifecycle).
 
 Exit codes: 0 ok, 1 error (`Error: ...`), 2 usage error, 130 interrupted by Ctrl-C
 (except a foreground `start`, for which Ctrl-C is the normal way to stop: 0).
@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,13 +18,16 @@ import click
 from . import config, runtimes
 from .errors import PortalEnvError
 from .runtimes import catalog, listing
-from .serving import registry, supervisor
+from .serving import lifecycle, registry, supervisor
 
-DEFAULT_BACKEND_VAR = "PORTAL_ENV_BACKEND"
-DEFAULT_BACKEND = "docker"  # the seed's default
 BACKEND_HELP = (
     "Runtime backend: docker (an image and a container), micromamba/mm (a conda prefix) "
-    f"or venv (default: ${DEFAULT_BACKEND_VAR}, else {DEFAULT_BACKEND})."
+    f"or venv (default: ${lifecycle.BACKEND_VAR}, else {lifecycle.DEFAULT_BACKEND})."
+)
+LOCK_BACKEND_HELP = (
+    "Which lockfile to write: venv (uv) or micromamba/mm (conda-lock). Default: every "
+    "lockfile the env has; for an env with none, venv when its spec needs only pip "
+    "packages, else micromamba."
 )
 
 
@@ -63,24 +63,13 @@ class Reporter:
             click.echo(message, err=True)
 
 
-def _backend_option(default_from_env: bool = True) -> Any:
-    if not default_from_env:
-        return click.option(
-            "-b",
-            "--backend",
-            type=click.Choice(runtimes.choices()),
-            default="micromamba",
-            show_default=True,
-            help="Backend whose lockfile to write (micromamba/mm: conda-lock; venv: uv).",
-        )
+def _backend_option(default_help: str = BACKEND_HELP) -> Any:
     return click.option(
         "-b",
         "--backend",
         type=click.Choice(runtimes.choices()),
-        envvar=DEFAULT_BACKEND_VAR,
-        show_envvar=True,
-        default=DEFAULT_BACKEND,
-        help=BACKEND_HELP,
+        default=None,
+        help=default_help,
     )
 
 
@@ -128,14 +117,21 @@ def _docker_options(command: Any) -> Any:
 @_path_option
 @click.option("-d", "--detach", is_flag=True, help="Run in the background; stop with `stop`.")
 @click.option("-f", "--force", is_flag=True, help="Rebuild the runtime even if it is cached.")
+@click.option(
+    "--host",
+    default=None,
+    help="Listen over TCP on this interface (e.g. a node's address for agents on other "
+    "hosts; always with a token). Default: a private Unix socket (loopback for docker).",
+)
 @click.option("--ready-timeout", default=120.0, show_default=True, help="Seconds to wait.")
 @_docker_options
 def start(
     name: str,
-    backend: str,
+    backend: Optional[str],
     path: Optional[Path],
     detach: bool,
     force: bool,
+    host: Optional[str],
     ready_timeout: float,
     base_image: Optional[str],
     ca_bundle: Optional[Path],
@@ -144,68 +140,91 @@ def start(
 
     Example: portal-env start -p ./my_env mycart -b venv -d
     """
+    options = dict(backend=backend, force=force, base_image=base_image, ca_bundle=ca_bundle)
+    if detach:
+        with _errors(), Reporter().active() as reporter:
+            record = lifecycle.serve(
+                name, path=path, detach=True, host=host, ready_timeout=ready_timeout,
+                reporter=reporter, **options,
+            ).record  # fmt: skip
+        click.echo(
+            f"portal {name!r} ready at {record.address} ({record.backend}, "
+            f"{_server(record)}); stop it with: portal-env stop {name}"
+        )
+        return
+    with _errors(), Reporter().active() as reporter:
+        registry.refuse_running(catalog.find(name, path).name)
+        runtime = lifecycle.build(name, path=path, reporter=reporter, **options)
+    policy = supervisor.Policy(ready_timeout=ready_timeout, host=host)
     with _errors():
-        source = catalog.find(name, path)
-        _refuse_running(name)
-        docker_options = {"base_image": base_image, "ca_bundle": ca_bundle}
-        runtime = _ensure(source, backend, force, **docker_options)
-        policy = supervisor.Policy(ready_timeout=ready_timeout)
-        if detach:
-            _start_detached(source, backend, path, policy, docker_options)
-        else:
-            _serve(source, runtime, policy)
+        lifecycle.supervise(catalog.find(name, path), runtime, policy, on_ready=_announce)
+    click.echo(f"stopped portal {name!r}", err=True)
+
+
+def _announce(record: registry.Record) -> None:
+    click.echo(
+        f"portal {record.name!r} ready at {record.address} "
+        f"({record.backend}, {_server(record)}) — Ctrl-C to stop"
+    )
+    sys.stdout.flush()
 
 
 @main.command()
-@click.option("-e", "--env", "name", required=True, help="The env to build.")
+@click.argument("name", required=False)
+@click.option("-e", "--env", "env_name", default=None, help="The env to build (or give NAME).")
 @_backend_option()
 @_path_option
 @click.option("-f", "--force", is_flag=True, help="Rebuild even if the runtime is cached.")
 @_docker_options
 def build(
-    name: str,
-    backend: str,
+    name: Optional[str],
+    env_name: Optional[str],
+    backend: Optional[str],
     path: Optional[Path],
     force: bool,
     base_image: Optional[str],
     ca_bundle: Optional[Path],
 ) -> None:
-    """Build the runtime of an env without serving it (cached: a second build is instant).
+    """Build the runtime of env NAME without serving it (cached: a second build is instant).
 
-    Example: portal-env build -e mycart -p ./my_env -b venv
+    Example: portal-env build mycart -p ./my_env -b venv   (the seed's `-e mycart` works too)
     """
-    with _errors():
-        source = catalog.find(name, path)
-        runtime = _ensure(source, backend, force, base_image=base_image, ca_bundle=ca_bundle)
-        click.echo(f"{name}: {runtime.backend} runtime ready at {runtime.location}")
+    if bool(name) == bool(env_name):
+        raise click.UsageError("give the env as NAME or as -e NAME (one of them)")
+    name = name or env_name
+    with _errors(), Reporter().active() as reporter:
+        runtime = lifecycle.build(
+            name, path=path, backend=backend, force=force, base_image=base_image,
+            ca_bundle=ca_bundle, reporter=reporter,
+        )  # fmt: skip
+    click.echo(f"{name}: {runtime.backend} runtime ready at {runtime.location}")
 
 
 @main.command()
 @click.argument("name")
 @_path_option
-@_backend_option(default_from_env=False)
+@_backend_option(LOCK_BACKEND_HELP)
 @click.option(
     "--platform",
     "platforms",
     multiple=True,
     help="Conda platform to lock for (repeatable; default: the spec's platforms:, else this one).",
 )
-def lock(name: str, path: Optional[Path], backend: str, platforms: Tuple[str, ...]) -> None:
+def lock(
+    name: str, path: Optional[Path], backend: Optional[str], platforms: Tuple[str, ...]
+) -> None:
     """(Re)lock the spec of env NAME; run it after editing spec.yml.
 
     Example: portal-env lock mycart -p ./my_env --platform linux-64 --platform osx-arm64
     """
-    with _errors():
-        source = catalog.find(name, path)
-        chosen = runtimes.get(backend)
-        if platforms and not hasattr(chosen, "platforms"):
-            raise click.UsageError(f"--platform applies to -b micromamba, not -b {backend}")
-        if platforms:
-            chosen.platforms = list(platforms)  # type: ignore[attr-defined]
-        reporter = Reporter()
-        with reporter.active():
-            written = chosen.lock(source, reporter)
-        click.echo(f"locked {name}: {written}")
+    if platforms and backend is None:
+        backend = "micromamba"
+    with _errors(), Reporter().active() as reporter:
+        written = lifecycle.lock(
+            name, path=path, backend=backend, platforms=platforms, reporter=reporter
+        )
+    for path_written in written:
+        click.echo(f"locked {name}: {path_written}")
 
 
 @main.command(name="ls")
@@ -231,7 +250,7 @@ def ps() -> None:
         rows = [
             [r.name, r.backend, r.address or "-", str(r.server_pid or r.container or "-")]
             + [_uptime(r), str(r.restarts), r.state]
-            for r in registry.all_records()
+            for r in lifecycle.running()
         ]
         header = ["NAME", "BACKEND", "ADDRESS", "SERVER", "UPTIME", "RESTARTS", "STATE"]
         for line in _table([header] + rows):
@@ -266,23 +285,11 @@ def stop(name: Optional[str], stop_all: bool, timeout: float) -> None:
 
     Example: portal-env stop mycart
     """
+    if bool(name) == stop_all:
+        raise click.UsageError("give a portal NAME or --all (not both)")
     with _errors():
-        if bool(name) == stop_all:
-            raise click.UsageError("give a portal NAME or --all (not both)")
-        if stop_all:
-            records = registry.all_records()
-        else:
-            record = registry.get(catalog.check_name(name))
-            if record is None and config.container_name(name) in _reap_containers():
-                click.echo(f"removed the container of {name}, whose supervisor was killed")
-                return
-            records = [record or _running(name)]
-        for record in records:
-            _stop(record, timeout)
-            click.echo(f"stopped {record.name}")
-        if stop_all:
-            for container in _reap_containers():
-                click.echo(f"removed {container}, whose supervisor was killed")
+        for stopped in lifecycle.stop(name, all=stop_all, timeout=timeout):
+            click.echo(f"stopped {stopped}")
 
 
 @main.command()
@@ -365,146 +372,15 @@ def _errors() -> Iterator[None]:
         sys.exit(130)
 
 
-def _ensure(
-    source: catalog.EnvSource,
-    backend: str,
-    force: bool,
-    base_image: Optional[str] = None,
-    ca_bundle: Optional[Path] = None,
-) -> runtimes.Runtime:
-    chosen = runtimes.get(backend)
-    if base_image or ca_bundle:
-        if chosen.name != "docker":
-            raise click.UsageError("--base-image and --ca-bundle apply to -b docker only")
-        chosen.base_image, chosen.ca_bundle = base_image, ca_bundle  # type: ignore[attr-defined]
-    reporter = Reporter()
-    with reporter.active():
-        return chosen.ensure(source, force=force, reporter=reporter)
-
-
-def _refuse_running(name: str) -> None:
-    record = registry.get(name)
-    if record is not None:
-        raise click.ClickException(
-            f"portal {name!r} is already running (pid {record.supervisor_pid}); "
-            f"stop it first: portal-env stop {name}"
-        )
-
-
 def _running(name: str) -> registry.Record:
     record = registry.get(catalog.check_name(name))
     if record is None:
-        running = ", ".join(r.name for r in registry.all_records()) or "none"
-        raise click.ClickException(f"no portal named {name!r} is running (running: {running})")
+        raise registry.not_running(name)
     return record
-
-
-def _serve(source: catalog.EnvSource, runtime: runtimes.Runtime, policy: Any) -> None:
-    """Run the supervisor in this process until Ctrl-C, SIGTERM or SIGHUP."""
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _interrupt)
-    with supervisor.Supervisor(source.name, runtime, source.env_dir, policy) as sup:
-        try:
-            with Reporter().active() as reporter:
-                reporter.status(f"starting portal {source.name!r} and waiting for its server")
-                record = sup.start()
-            click.echo(
-                f"portal {record.name!r} ready at {record.address} "
-                f"({record.backend}, {_server(record)}) — Ctrl-C to stop",
-            )
-            sys.stdout.flush()
-            sup.watch()
-        except KeyboardInterrupt:
-            click.echo(f"stopping portal {source.name!r}", err=True)
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
-def _start_detached(
-    source: catalog.EnvSource, backend: str, path: Optional[Path], policy: Any, docker: dict
-) -> None:
-    """Start a supervisor in a new session and wait until the registry shows it ready."""
-    command = [sys.executable, "-m", "portal_env.cli", "start", source.name, "-b", backend]
-    command += ["-p", str(path)] if path is not None else []
-    for option, value in docker.items():
-        command += [f"--{option.replace('_', '-')}", str(value)] if value else []
-    command += ["--ready-timeout", str(policy.ready_timeout)]
-    out_path = registry.logs_dir() / f"{source.name}.supervisor.log"
-    fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        proc = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
-        )
-    with Reporter().active() as reporter:
-        reporter.status(f"starting portal {source.name!r} in the background")
-        record = _wait_detached(source.name, proc, out_path, policy.ready_timeout + 30)
-    click.echo(
-        f"portal {record.name!r} ready at {record.address} ({record.backend}, "
-        f"{_server(record)}); stop it with: portal-env stop {record.name}"
-    )
-
-
-def _wait_detached(
-    name: str, proc: subprocess.Popen, out_path: Path, timeout: float
-) -> registry.Record:
-    """The ready record of the detached supervisor proc, or its error output."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        record = registry.get(name)
-        if record is not None and record.supervisor_pid == proc.pid and record.state == "ready":
-            return record
-        if proc.poll() is not None:
-            raise click.ClickException(
-                f"portal {name!r} failed to start:\n{_supervisor_output(out_path)}"
-            )
-        time.sleep(0.05)
-    proc.terminate()
-    raise click.ClickException(f"portal {name!r} was not ready in time; see {out_path}")
 
 
 def _server(record: registry.Record) -> str:
     return f"pid {record.server_pid}" if record.server_pid else f"container {record.container}"
-
-
-def _supervisor_output(path: Path) -> str:
-    text = supervisor.tail(path, 80).strip()
-    return text[len("Error: ") :] if text.startswith("Error: ") else text
-
-
-def _stop(record: registry.Record, timeout: float) -> None:
-    """SIGTERM the supervisor, wait for it to stop its server; SIGKILL both if it hangs."""
-    _kill(record.supervisor_pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not registry.is_alive(record.supervisor_pid, record.supervisor_start):
-            return
-        time.sleep(0.05)
-    _kill(record.supervisor_pid, signal.SIGKILL)
-    if record.server_pid:
-        with contextlib.suppress(OSError):
-            os.killpg(record.server_pid, signal.SIGKILL)
-    registry.release(record.name, record.supervisor_pid)
-    if record.container:  # a container outlives its SIGKILLed supervisor: reap it
-        _reap_containers()
-
-
-def _reap_containers() -> List[str]:
-    """Remove this user's portal containers whose supervisor is gone; their names.
-    Nothing to do (and no error) where no Docker daemon answers."""
-    from .errors import BackendUnavailableError
-    from .runtimes import docker
-
-    try:
-        return docker.reap_orphans(docker.client(timeout=10))  # `stop` must not hang on it
-    except BackendUnavailableError:
-        return []
-
-
-def _kill(pid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signum)
 
 
 def _follow(path: Path, offset: int) -> None:

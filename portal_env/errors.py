@@ -24,7 +24,11 @@ class PortalConnectionError(PortalEnvError, ConnectionError):
 
 
 class AuthenticationError(PortalConnectionError):
-    """The server refused the token the agent presented."""
+    """A peer failed the token handshake: the server refused ours, or it did not prove its own."""
+
+
+class DirectoryError(PortalEnvError):
+    """A cache or state directory that cannot be created or written (read-only, full, denied)."""
 
 
 class RemoteEnvError(PortalEnvError):

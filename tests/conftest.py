@@ -45,6 +45,7 @@ def start_server(tmp: Path, extra_env: Optional[Dict[str, str]] = None) -> Serve
     env = dict(os.environ, PORTAL_ENV_PORT="0", PORTAL_ENV_TOKEN=token)
     env["PORTAL_ENV_READY_FILE"] = str(ready)
     env["PORTAL_ENV_STATE_DIR"] = str(tmp / "state")
+    env["PORTAL_ENV_SUPERVISED"] = "1"  # this fixture hands out address and token itself
     env.update(extra_env or {})
     with open(log, "w") as out:
         proc = subprocess.Popen(

@@ -153,11 +153,23 @@ def test_uninstallable_spec_names_the_package(cartpole_dir: Path):
 
 
 def test_build_is_cached_and_f_rebuilds(cartpole_dir: Path):
-    args = ["build", "-e", "mycart", "-p", str(cartpole_dir), "-b", "venv"]
+    args = ["build", "mycart", "-p", str(cartpole_dir), "-b", "venv"]
     first = cli(*args)
     assert first.returncode == 0 and "venv runtime ready at" in first.stdout
     assert "built the venv" not in cli(*args).stderr
-    assert "built the venv" in cli(*args, "-f").stderr
+    seed_form = ["build", "-e", "mycart", "-p", str(cartpole_dir), "-b", "venv"]  # the seed's -e
+    assert "built the venv" in cli(*seed_form, "-f").stderr
+
+
+def test_lock_without_b_relocks_the_lockfiles_the_env_has(cartpole_dir: Path):
+    spec = cartpole_dir / "spec.yml"
+    spec.write_text(spec.read_text() + "\n# edited\n")
+    stale = cli("start", "mycart", "-p", str(cartpole_dir), "-b", "venv", "-d")
+    assert stale.returncode == 1 and "portal-env lock mycart" in stale.stderr
+    done = cli("lock", "mycart", "-p", str(cartpole_dir))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"locked mycart: {cartpole_dir / 'spec.venv.lock.txt'}"
+    assert not (cartpole_dir / "spec.conda-lock.yml").exists()  # no conda lock for a venv user
 
 
 @pytest.mark.parametrize(
@@ -171,6 +183,13 @@ def test_build_is_cached_and_f_rebuilds(cartpole_dir: Path):
         (["stop", "ghost"], 1, "no portal named 'ghost' is running"),
         (["logs", "ghost"], 1, "no log for portal 'ghost'"),
         (["build", "-e", "mycart", "-p", "{empty}", "-b", "venv"], 1, "has no env_main.py"),
+        (["build", "mycart", "-e", "mycart"], 2, "give the env as NAME or as -e NAME"),
+        (["start", "craftium", "-b", "venv"], 1, "env 'craftium' cannot be served with -b venv"),
+        (
+            ["build", "mycart", "-p", "{dir}", "-b", "venv", "--base-image", "x"],
+            1,
+            "--base-image does not apply to -b venv",
+        ),
     ],
 )
 def test_errors_and_exit_codes(

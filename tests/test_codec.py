@@ -41,11 +41,11 @@ CASES = [
 ]
 
 
-def roundtrip(obj):
-    parts, size = codec.encode(obj)
+def roundtrip(obj, allow_pickle=False):
+    parts, size = codec.Encoder(allow_pickle).encode(obj)
     frame = bytearray(b"".join(bytes(memoryview(p).cast("B")) for p in parts))
     assert len(frame) == size
-    return codec.decode(frame)
+    return codec.Decoder(allow_pickle).decode(frame)
 
 
 @pytest.mark.parametrize("value", CASES, ids=lambda v: type(v).__name__)
@@ -60,20 +60,45 @@ def test_decoded_arrays_are_writable_and_aligned():
         array += 1
 
 
-def test_other_objects_travel_pickled():
-    value = {
-        "set": {1, 2},
-        "frozen": frozenset("ab"),
-        "obj_array": np.array([None, 1], dtype=object),
-    }
-    out = roundtrip(value)
+OTHER_OBJECTS = {
+    "set": {1, 2},
+    "frozen": frozenset("ab"),
+    "obj_array": np.array([None, 1], dtype=object),
+}
+
+
+@pytest.mark.parametrize("key", sorted(OTHER_OBJECTS))
+def test_other_objects_are_refused_naming_key_and_type(key):
+    value = [0, [1, {"info": {key: OTHER_OBJECTS[key]}}]]
+    kind = type(OTHER_OBJECTS[key]).__qualname__
+    with pytest.raises(EncodeError, match=rf"type {kind} at \[1\]\[1\]\['info'\]\['{key}'\]"):
+        roundtrip(value)
+
+
+def test_other_objects_travel_pickled_only_when_both_sides_opt_in():
+    out = roundtrip(OTHER_OBJECTS, allow_pickle=True)
     assert out["set"] == {1, 2} and out["frozen"] == frozenset("ab")
     assert out["obj_array"].dtype == object and list(out["obj_array"]) == [None, 1]
+    parts, _ = codec.Encoder(allow_pickle=True).encode({"x": {1}})
+    frame = bytearray(b"".join(bytes(memoryview(p).cast("B")) for p in parts))
+    with pytest.raises(ProtocolError, match="does not accept pickle"):
+        codec.Decoder().decode(frame)  # the default receiver never unpickles
 
 
 def test_unencodable_value_names_its_type():
     with pytest.raises(EncodeError, match="lambda|function"):
         roundtrip({"f": lambda: 0})
+    with pytest.raises(EncodeError, match="lambda|function"):
+        roundtrip({"f": lambda: 0}, allow_pickle=True)
+
+
+def test_object_dtype_arrays_in_a_frame_are_refused():
+    parts, _ = codec.encode(np.zeros(3, np.int64))
+    frame = bytearray(b"".join(bytes(memoryview(p).cast("B")) for p in parts))
+    at = frame.index(b"<i8")
+    frame[at : at + 3] = b"|O8"  # an object array pointing at raw bytes: pointers
+    with pytest.raises(ProtocolError):
+        codec.decode(frame)
 
 
 @pytest.mark.parametrize(

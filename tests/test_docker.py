@@ -98,6 +98,13 @@ def trajectory(env: gymnasium.Env, steps: int = 30) -> list:
     return out
 
 
+def assert_same_trajectory(env: gymnasium.Env, local: gymnasium.Env, same_types=False) -> None:
+    ours, theirs = trajectory(env), trajectory(local)
+    assert len(ours) == len(theirs)  # zip() alone would hide a shorter one
+    for a, b in zip(ours, theirs):
+        assert np.array_equal(a, b) and (type(a) is type(b) or not same_types)
+
+
 def test_dockerfile_env_serves_an_agent_on_the_host_then_stops_clean(
     client: Any, env_dir: Path, base: str
 ):
@@ -122,8 +129,7 @@ def test_dockerfile_env_serves_an_agent_on_the_host_then_stops_clean(
 
     remote = AgentSidePortal("cart", env_args=["CartPole-v1"])
     local = gymnasium.make("CartPole-v1")
-    for a, b in zip(trajectory(remote), trajectory(local)):
-        assert np.array_equal(a, b) and type(a) is type(b)
+    assert_same_trajectory(remote, local, same_types=True)
     remote.close()
 
     ps = cli("ps").stdout
@@ -184,6 +190,24 @@ def test_failing_build_shows_the_failing_step_and_its_output(env_dir: Path, base
     for image in client.images.list(all=True):
         if image.id not in known and not image.tags:
             client.images.remove(image.id, force=True)
+
+
+def test_a_base_image_that_cannot_be_pulled_is_named_with_what_to_do(
+    client: Any, env_dir: Path, tmp_path: Path
+):
+    """A registry on a closed loopback port stands for one this machine cannot reach."""
+    missing = "127.0.0.1:9/portal-env-missing:1"
+    (env_dir / "spec.yml").write_text("dependencies:\n  - python=3.11\n  - pip:\n    - numpy\n")
+    done = cli("build", "cart", "-p", str(env_dir), "-b", "docker", "--base-image", missing)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert f"the base image {missing} of 'cart' is not in the Docker daemon" in done.stderr
+    assert "--base-image IMAGE" in done.stderr
+    assert "-b venv or -b micromamba" in done.stderr
+    assert re.search(r"cart: Step 1/\d+ : FROM \$\{BASE_IMAGE\}", done.stderr)  # progress
+    # An image made from the conda lockfile names its base the same way.
+    os.remove(env_dir / "Dockerfile.env")
+    done = cli("build", "cart", "-p", str(env_dir), "-b", "docker", "--base-image", missing)
+    assert done.returncode == 1 and f"the base image {missing} of 'cart'" in done.stderr
 
 
 def test_interrupted_build_tags_nothing_and_leaves_no_container(
@@ -383,8 +407,7 @@ def test_env_without_dockerfile_gets_an_image_from_its_conda_lockfile(
         assert client.containers.get("env_portal_condacart").image.tags == [tag]
         env = AgentSidePortal("condacart", env_args=["CartPole-v1"])
         local = gymnasium.make("CartPole-v1")
-        for a, b in zip(trajectory(env), trajectory(local)):
-            assert np.array_equal(a, b)
+        assert_same_trajectory(env, local)
         env.close()
         assert cli("stop", "condacart").returncode == 0
     finally:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from portal_env import config
-from portal_env.errors import AlreadyRunningError
+from portal_env.errors import AlreadyRunningError, RegistryError
 from portal_env.portal import wire
 from portal_env.serving import registry
 
@@ -37,7 +37,7 @@ def _dead_pid() -> int:
 
 def test_dirs_are_0700_and_records_0600():
     registry.claim(_record())
-    path = registry.portals_dir() / "mycart.json"
+    path = registry.portals_dir() / f"mycart@{config.node_name()}.json"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     for directory in (config.state_dir(), registry.portals_dir(), registry.logs_dir()):
         assert stat.S_IMODE(directory.stat().st_mode) == 0o700
@@ -52,7 +52,7 @@ def test_claim_twice_is_refused_with_the_stop_command():
 def test_record_of_a_dead_supervisor_is_removed_on_read():
     registry.write(_record(pid=_dead_pid(), supervisor_start=""))
     assert registry.get("mycart") is None
-    assert not (registry.portals_dir() / "mycart.json").exists()
+    assert not (registry.portals_dir() / f"mycart@{config.node_name()}.json").exists()
     registry.claim(_record())  # the name is free again
 
 
@@ -77,7 +77,7 @@ def test_no_temp_files_left_behind():
     registry.claim(_record())
     registry.update("mycart", os.getpid(), restarts=1)
     names = sorted(p.name for p in registry.portals_dir().iterdir())
-    assert names == [".lock", "mycart.json"]
+    assert names == [".lock", f"mycart@{config.node_name()}.json"]
 
 
 def test_agent_endpoint_prefers_explicit_address_then_registry(monkeypatch: pytest.MonkeyPatch):
@@ -92,11 +92,13 @@ def test_agent_endpoint_prefers_explicit_address_then_registry(monkeypatch: pyte
         wire.Address(port=9),
         "tok",
     )
-    with pytest.raises(Exception, match="no token"):  # not in the registry: old defaults
+    with pytest.raises(
+        RegistryError, match=r"no portal named 'other' is running \(running: mycart\)"
+    ):
         config.agent_endpoint("other", None, None, False)
 
 
 def test_corrupt_record_names_the_file(tmp_path: Path):
-    (registry.portals_dir() / "bad.json").write_text("{not json")
-    with pytest.raises(registry.RegistryError, match="bad.json"):
+    (registry.portals_dir() / f"bad@{config.node_name()}.json").write_text("{not json")
+    with pytest.raises(registry.RegistryError, match="bad@"):
         registry.get("bad")

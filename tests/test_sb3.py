@@ -2,25 +2,55 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any, List, Tuple
+
+import gymnasium
+import numpy as np
 import pytest
 
 from portal_env import AgentSidePortal
 
+TIMESTEPS = 4096
 
-@pytest.mark.slow
-def test_ppo_learns_on_a_portal_env(server, tmp_path):
+
+def train_and_evaluate(env: gymnasium.Env, log_dir: Path) -> Tuple[List[float], List[float]]:
+    """Seeded PPO: deterministic returns on three seeded episodes before and after training."""
     from stable_baselines3 import PPO
     from stable_baselines3.common.logger import configure
 
-    env = AgentSidePortal(env_name="custom", env_args=["CartPole-v1"], **server.kwargs())
-    agent = PPO("MlpPolicy", env, n_steps=256, batch_size=64, n_epochs=2, seed=0, device="cpu")
-    agent.set_logger(configure(str(tmp_path / "sb3"), []))  # else SB3 leaves /tmp/SB3-* dirs
-    agent.learn(total_timesteps=1024)
-    assert agent.num_timesteps >= 1024
-    obs, _ = env.reset(seed=0)
-    action, _ = agent.predict(obs, deterministic=True)
-    assert env.action_space.contains(action)
-    env.close()
+    agent = PPO("MlpPolicy", env, n_steps=256, batch_size=64, n_epochs=4, seed=0, device="cpu")
+    agent.set_logger(configure(str(log_dir), []))  # else SB3 leaves /tmp/SB3-* dirs
+    before = evaluate(agent, env)
+    agent.learn(total_timesteps=TIMESTEPS)
+    assert agent.num_timesteps >= TIMESTEPS
+    return before, evaluate(agent, env)
+
+
+def evaluate(agent: Any, env: gymnasium.Env) -> List[float]:
+    returns = []
+    for episode in range(3):
+        obs, _ = env.reset(seed=100 + episode)
+        total, done = 0.0, False
+        while not done:
+            action, _ = agent.predict(obs, deterministic=True)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total, done = total + float(reward), terminated or truncated
+        returns.append(total)
+    return returns
+
+
+@pytest.mark.slow
+def test_ppo_learns_on_a_portal_env_exactly_as_in_process(server, tmp_path):
+    remote = AgentSidePortal(env_name="custom", env_args=["CartPole-v1"], **server.kwargs())
+    before, after = train_and_evaluate(remote, tmp_path / "portal")
+    remote.close()
+    local_before, local_after = train_and_evaluate(
+        gymnasium.make("CartPole-v1"), tmp_path / "local"
+    )
+    # Same seeds, exact values over the wire: the same training, return for return.
+    assert (before, after) == (local_before, local_after)
+    assert np.mean(after) >= 2 * np.mean(before) and np.mean(after) >= 100, (before, after)
 
 
 @pytest.mark.slow

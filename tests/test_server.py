@@ -13,12 +13,14 @@ import time
 import gymnasium
 import pytest
 
-from portal_env import AgentSidePortal, EnvSidePortal, PortalEnvError, config
+from portal_env import AgentSidePortal, EnvSidePortal, PortalEnvError, RemoteEnvError, config
+from portal_env.errors import RegistryError
+from portal_env.serving import registry
 
 
 def test_defaults_are_loopback_7000_and_a_recorded_private_token(tmp_path):
     # Port 7000 is the seed's default; free in a test sandbox.
-    portal = EnvSidePortal(env_factory=gymnasium.make)
+    portal = EnvSidePortal(env_factory=gymnasium.make, name="custom")
     try:
         assert str(portal.address) == "127.0.0.1:7000"
         token_file = tmp_path / "state" / "tokens" / "tcp-7000"
@@ -27,15 +29,58 @@ def test_defaults_are_loopback_7000_and_a_recorded_private_token(tmp_path):
         assert stat.S_IMODE(token_file.parent.stat().st_mode) == 0o700
         thread = threading.Thread(target=portal.run, daemon=True)
         thread.start()
-        # An agent of the same user finds the token without being told.
+        # The seed's flow: an agent of the same user finds the bare server by name.
         with AgentSidePortal("custom", ["CartPole-v1"]) as env:
             env.reset(seed=0)
             env.step(0)
+        # ... or by address, with the token the server recorded for it.
+        with AgentSidePortal("x", ["CartPole-v1"], address="127.0.0.1:7000") as env:
+            env.reset(seed=0)
+        # A name no portal has fails, though a server listens on the default port.
+        with pytest.raises(
+            RegistryError, match=r"no portal named 'typo' is running \(running: custom\)"
+        ):
+            AgentSidePortal("typo", ["CartPole-v1"])
     finally:
         portal.close()
     thread.join(5)
     assert not thread.is_alive()
     assert not token_file.exists()  # the token goes with the server
+    assert registry.all_records() == []  # and so does its registration
+
+
+def test_a_bare_env_main_registers_under_its_directory_name(tmp_path):
+    env_dir = tmp_path / "mycart"
+    env_dir.mkdir()
+    (env_dir / "env_main.py").write_text(
+        "import gymnasium\nfrom portal_env import EnvSidePortal\n"
+        "EnvSidePortal(env_factory=gymnasium.make, port=0).run()\n"
+    )
+    env = dict(os.environ, PORTAL_ENV_STATE_DIR=str(tmp_path / "state"))
+    env.pop("PORTAL_ENV_SUPERVISED", None)
+    proc = subprocess.Popen([sys.executable, str(env_dir / "env_main.py")], env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while registry.lookup("mycart") is None and time.monotonic() < deadline:
+            assert proc.poll() is None, "the server exited"
+            time.sleep(0.05)
+        record = registry.lookup("mycart")
+        assert record is not None and record.backend == "process" and record.server_pid == proc.pid
+        with AgentSidePortal("mycart", ["CartPole-v1"]) as agent:
+            agent.reset(seed=1)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert registry.get("mycart") is None
+
+
+def test_a_factory_that_rejects_the_arguments_says_what_to_pass(server):
+    with pytest.raises(RemoteEnvError, match=r"rejected env_args=\[\], env_kwargs=\{\}") as info:
+        AgentSidePortal("ale", **server.kwargs())
+    assert "AgentSidePortal('ale', env_args=['<env id>'])" in str(info.value)
+    assert info.value.remote_type == "TypeError"
 
 
 def test_settings_from_the_environment(monkeypatch, tmp_path):
@@ -108,7 +153,7 @@ def test_start_is_run_and_serves_in_the_foreground(tmp_path):
 
 def test_agent_address_resolution(monkeypatch):
     monkeypatch.delenv("PORTAL_ENV_ADDRESS", raising=False)
-    assert str(config.agent_address("ale", None, False)) == "127.0.0.1:7000"
+    assert config.agent_address("ale", None, False) is None  # then: the registry, by name
     assert str(config.agent_address("ale", None, True)) == "env_portal_ale:7000"
     assert str(config.agent_address("ale", "10.1.2.3:9", True)) == "10.1.2.3:9"
     monkeypatch.setenv("PORTAL_ENV_ADDRESS", "unix:/tmp/s")

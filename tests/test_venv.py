@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from portal_env import config
-from portal_env.errors import BuildError, LockError, SpecError
+from portal_env.errors import BackendUnavailableError, BuildError, LockError, SpecError
 from portal_env.runtimes import LogReporter, catalog, get, lock
 from portal_env.runtimes.venv import MARKER, VenvBackend, is_complete, runtime_key
 
@@ -170,5 +170,5 @@ def test_venv_backend_implements_the_protocols(cartpole_dir: Path):
 
 
 def test_unknown_backend_is_a_clear_error():
-    with pytest.raises(Exception, match="unknown backend 'conda'"):
+    with pytest.raises(BackendUnavailableError, match="unknown backend 'conda'"):
         get("conda")

@@ -6,8 +6,40 @@ from typing import Any, Dict, List, Optional, Sequence, SupportsFloat, Tuple
 
 import gymnasium
 
+from ..errors import ProtocolError, RemoteEnvError
 from . import fastpath, spaces
 from .client import DEFAULT_TIMEOUT, Client
+
+
+def make_remote(
+    client: Client,
+    env_name: str,
+    env_args: List[Any],
+    env_kwargs: Dict[str, Any],
+    num_envs: Optional[int] = None,
+    num_workers: Optional[int] = None,
+) -> Dict[str, Any]:
+    """Make the env on the server ("make", or "make_vec" given num_envs); a factory that
+    rejects the arguments is reported with what the agent passed and what to pass instead."""
+    if num_envs is None:
+        op, args = "make", [env_args, env_kwargs]
+    else:  # num_workers None: the server picks (its cores)
+        op, args = "make_vec", [num_envs, env_args, env_kwargs]
+        args += [] if num_workers is None else [num_workers]
+    try:
+        return client.call(op, *args)
+    except RemoteEnvError as exc:
+        client.close()  # no env was made on it
+        if exc.remote_type != "TypeError":
+            raise
+        raise RemoteEnvError(
+            exc.remote_type,
+            f"the env factory of portal {env_name!r} rejected env_args={env_args!r}, "
+            f"env_kwargs={env_kwargs!r}: {exc.remote_message}. Pass the arguments its "
+            f"factory expects, e.g. AgentSidePortal({env_name!r}, env_args=['<env id>']) "
+            "for a portal serving gymnasium.make",
+            exc.remote_traceback,
+        ) from None
 
 
 class AgentSidePortal(gymnasium.Env):
@@ -19,10 +51,16 @@ class AgentSidePortal(gymnasium.Env):
             e.g. ["ALE/Pong-v5"] for gymnasium.make.
         env_kwargs: Keyword arguments for the server's env factory.
         agent_in_docker: The agent runs in a container on the portal_env_net network.
-        address: "host:port" or "unix:/path" (default: $PORTAL_ENV_ADDRESS, else 127.0.0.1:7000).
+        address: "host:port" or "unix:/path" (default: $PORTAL_ENV_ADDRESS, else where the
+            registry says the portal env_name runs).
         token: The server's token (default: $PORTAL_ENV_TOKEN, $PORTAL_ENV_TOKEN_FILE, or the
             token a local server recorded for that address).
-        timeout: Seconds to wait for any one call before giving up.
+        timeout: Seconds to wait for any one call (and for connecting) before giving up.
+        allow_pickle: Accept (and send) pickled values for what the structured codec cannot
+            carry (default: $PORTAL_ENV_ALLOW_PICKLE, else no). Only for a server you trust
+            with a shell: unpickling runs code the server chooses.
+        render_mode: Passed to the factory as env_kwargs["render_mode"] (what
+            gymnasium.make(..., render_mode=...) does).
     """
 
     def __init__(
@@ -34,23 +72,35 @@ class AgentSidePortal(gymnasium.Env):
         address: Optional[str] = None,
         token: Optional[str] = None,
         timeout: Optional[float] = DEFAULT_TIMEOUT,
+        *,
+        allow_pickle: Optional[bool] = None,
+        render_mode: Optional[str] = None,
     ) -> None:
         self.env_name = env_name
         self.env_args: List[Any] = list(env_args or [])
         self.env_kwargs: Dict[str, Any] = dict(env_kwargs or {})
-        self._connect_args = (address, token, agent_in_docker, timeout)
+        if render_mode is not None:
+            self.env_kwargs["render_mode"] = render_mode
+        self._connect_args = (address, token, agent_in_docker, timeout, allow_pickle)
         self._closed = False
         self._connect()
 
     def _connect(self) -> None:
         """Connect, make the remote env and take its spaces and metadata."""
         self._client = Client.for_env(self.env_name, *self._connect_args)
-        description = self._client.call("make", self.env_args, self.env_kwargs)
-        self.observation_space = spaces.decode_space(description["observation_space"])
-        self.action_space = spaces.decode_space(description["action_space"])
-        self.metadata = description["metadata"]
-        self.render_mode = description["render_mode"]
-        self.remote_spec_id: Optional[str] = description["spec_id"]
+        description = make_remote(self._client, self.env_name, self.env_args, self.env_kwargs)
+        try:
+            self.observation_space = spaces.decode_space(description["observation_space"])
+            self.action_space = spaces.decode_space(description["action_space"])
+            self.metadata = dict(description["metadata"])
+            self.render_mode = description["render_mode"]
+            self.remote_spec_id: Optional[str] = description["spec_id"]
+        except (KeyError, TypeError, ValueError) as exc:  # not what a portal-env server sends
+            self._client.close(goodbye=False)
+            raise ProtocolError(
+                f"malformed env description from {self._client.address}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
         self._client.adopt_layout(fastpath.EnvLayout(self.observation_space, self.action_space))
 
     def reset(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import weakref
 from typing import Any, Callable, List, Optional
 
@@ -25,14 +24,24 @@ class Client:
             layout), set once an env is made; None sends steps as general calls.
     """
 
-    def __init__(self, env_name: str, address: wire.Address, token: str, timeout: Optional[float]):
+    def __init__(
+        self,
+        env_name: str,
+        address: wire.Address,
+        token: str,
+        timeout: Optional[float],
+        allow_pickle: Optional[bool] = None,
+    ):
         self.env_name = env_name
         self.address = address
         self.broken = False
         self.layout: Any = None
         self._posted: List[str] = []  # requests sent whose replies are not read yet
         self._step_sent = False  # a fast step request awaits its reply
-        self._channel = wire.Channel.connect(address, token, timeout, config.spin_us())
+        self.allow_pickle = config.allow_pickle(allow_pickle)
+        self._channel = wire.Channel.connect(
+            address, token, timeout, config.spin_us(), self.allow_pickle
+        )
         self._finalizer = weakref.finalize(self, self._channel.close)  # no I/O, just close
 
     @classmethod
@@ -43,31 +52,40 @@ class Client:
         token: Optional[str],
         agent_in_docker: bool,
         timeout: Optional[float],
+        allow_pickle: Optional[bool] = None,
     ) -> Client:
         """Find the server for env_name (arguments, environment, registry, defaults); connect."""
         where, secret = config.agent_endpoint(env_name, address, token, agent_in_docker)
-        return cls(env_name, where, secret, timeout)
+        return cls(env_name, where, secret, timeout, allow_pickle)
 
     def adopt_layout(self, layout: Any) -> None:
-        """Use layout for steps; share memory for large array data when on one host."""
+        """Use layout for steps; share memory for large array data when on one host.
+
+        The server makes the file and says where; we map it only if it is a
+        private file of ours where a server makes them (see sharedmem.attach).
+        """
         self.layout = layout
+        layout.allow_pickle(self.allow_pickle)
         local = self.address.path is not None or self.address.host in _LOOPBACK
         if not (local and layout.wants_shared_memory()):
             return
-        ring = obsring.slots_for(layout.capacity) if layout.max_ring else 0
-        for slots in (ring, 0) if ring else (0,):  # a server without rings declines the first
-            path, mapping = sharedmem.create(layout.capacity * (1 + slots))
-            try:
-                accepted = self.call("share_memory", path, layout.capacity * (1 + slots))
-            finally:
-                os.unlink(path)  # both sides have it mapped (or not): nothing to leak
-            if accepted:
-                layout.shm = mapping
-                self._channel.shm = memoryview(mapping)[: layout.capacity] if slots else mapping
-                if slots:
-                    layout.ring = obsring.Ring(mapping, layout.capacity, slots)
-                return
-            mapping.close()
+        # Single envs ask for a ring of observation slots beyond the first (obsring);
+        # the server makes the file of that size, we only map what it made.
+        slots = obsring.slots_for(layout.capacity) if layout.max_ring else 0
+        size = layout.capacity * (1 + slots)
+        path = self.call("share_memory", size)
+        if path is None:
+            return
+        mapping = sharedmem.attach(path, size)
+        if not (self.call("share_memory_ready", mapping is not None) and mapping is not None):
+            if mapping is not None:
+                mapping.close()
+            return
+        layout.shm = mapping
+        # General replies use the first slot only: the others may be in the agent's hands.
+        self._channel.shm = memoryview(mapping)[: layout.capacity] if slots else mapping
+        if slots:
+            layout.ring = obsring.Ring(mapping, layout.capacity, slots)
 
     def call(self, op: str, *args: Any) -> Any:
         """Run op on the server; remote exceptions re-raise as RemoteEnvError."""
@@ -134,7 +152,16 @@ class Client:
         except (PortalConnectionError, OSError) as exc:
             raise self._lost("step", exc) from exc
         if kind == wire.FAST_REPLY:
-            return self.layout.decode_result(payload)
+            try:
+                return self.layout.decode_result(payload)
+            except ProtocolError:
+                raise
+            except Exception as exc:  # garbage in the agreed layout
+                raise ProtocolError(
+                    f"malformed step reply from {self.address}: {type(exc).__name__}: {exc}"
+                ) from exc
+        if kind != wire.GENERAL:
+            raise ProtocolError(f"unexpected frame kind {kind} from {self.address}")
         return self._unwrap("step", channel.decode(payload))
 
     def _guarded(self, op: str, exchange: Callable[[], Any]) -> Any:
@@ -162,6 +189,14 @@ class Client:
             raise ProtocolError(f"malformed reply to '{op}' from {self.address}: {reply!r:.200}")
         status, payload = reply
         if status == 1:
+            if (
+                type(payload) is not list
+                or len(payload) != 3
+                or not all(type(part) is str for part in payload)
+            ):
+                raise ProtocolError(
+                    f"malformed error reply to '{op}' from {self.address}: {payload!r:.200}"
+                )
             raise RemoteEnvError(*payload)
         return payload
 

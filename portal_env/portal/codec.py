@@ -6,8 +6,10 @@ observation is never copied in user space and decodes as a writable view of
 the received frame. Tuples, numpy scalars and arrays are msgpack extension
 types; arrays and scalars are described by dtype string and shape, which every
 numpy version reads, so an agent on numpy 2 talks to an env on numpy 1.
-Anything else (rare objects in `info` dicts) is pickled: frames are only
-exchanged after the peer has authenticated.
+Anything else (rare objects in `info` dicts) is refused with an error naming
+where it sits and its type: unpickling runs code the sender chooses, so a
+token holder (or a compromised env runtime) could run code in its peer. Peers
+that trust each other can opt in to pickle on both sides (`allow_pickle`).
 
 This sits on the step path of every env, so the common types are encoded with
 `struct` and a table keyed by exact type rather than nested msgpack calls.
@@ -49,7 +51,18 @@ def array_bytes(array: np.ndarray) -> memoryview:
 
 @lru_cache(maxsize=256)
 def _dtype(text: bytes) -> np.dtype:
-    return np.dtype(text.decode())
+    dtype = np.dtype(text.decode())
+    if dtype.hasobject:  # object arrays only ever travel pickled
+        raise ProtocolError(f"array of dtype {dtype} in a frame")
+    return dtype
+
+
+PICKLE_HINT = (
+    "Convert it to a plain value (None, bool, int, float, str, bytes, list, tuple, dict, "
+    "numpy array or scalar), or, between peers that trust each other only, allow pickle on "
+    "both sides (allow_pickle=True or PORTAL_ENV_ALLOW_PICKLE=1): unpickling runs code the "
+    "sender chooses."
+)
 
 
 @lru_cache(maxsize=256)
@@ -63,10 +76,24 @@ def _shape_format(ndim: int) -> struct.Struct:
     return struct.Struct(f"<{ndim}Q")
 
 
-class Encoder:
-    """Encodes values into frames; one per connection (not thread-safe)."""
+class _Unencodable(EncodeError):
+    """A value of a type the structured codec does not carry (pickle not allowed)."""
 
-    def __init__(self) -> None:
+    def __init__(self, value: Any) -> None:
+        super().__init__(type(value).__qualname__)
+        self.value = value
+
+
+class Encoder:
+    """Encodes values into frames; one per connection (not thread-safe).
+
+    Args:
+        allow_pickle: Pickle values the structured codec cannot carry (trusted peers only);
+            else such a value raises EncodeError naming where it is and its type.
+    """
+
+    def __init__(self, allow_pickle: bool = False) -> None:
+        self.allow_pickle = allow_pickle
         self.buffers: List[memoryview] = []
         self.size = 0
         self._packer = msgpack.Packer(default=self._default, strict_types=True, buf_size=_BUF_SIZE)
@@ -82,6 +109,12 @@ class Encoder:
         self.buffers, self.size = [], 0
         try:
             meta = self._packer.pack(obj)
+        except _Unencodable as exc:
+            self._packer.reset()
+            raise EncodeError(
+                f"cannot send a value of type {type(exc.value).__qualname__} at "
+                f"{locate(obj, exc.value) or '(the value itself or inside it)'}. {PICKLE_HINT}"
+            ) from None
         except (OverflowError, ValueError) as exc:
             self._packer.reset()
             raise EncodeError(f"cannot encode {type(obj).__qualname__}: {exc}") from exc
@@ -106,7 +139,7 @@ class Encoder:
 
     def _array(self, obj: np.ndarray) -> msgpack.ExtType:
         if obj.dtype.hasobject or obj.dtype.fields is not None:
-            return _pickled(obj)
+            return self._pickled(obj)
         data = array_bytes(obj)
         shape = obj.shape
         header = (
@@ -135,14 +168,39 @@ class Encoder:
             return msgpack.ExtType(_SCALAR, _dtype_tag(obj.dtype) + obj.tobytes())
         if isinstance(obj, np.ndarray):  # a subclass: send the plain array
             return self._array(np.asarray(obj))
-        return _pickled(obj)
+        return self._pickled(obj)
+
+    def _pickled(self, obj: Any) -> msgpack.ExtType:
+        if not self.allow_pickle:
+            raise _Unencodable(obj)
+        try:
+            return msgpack.ExtType(_PICKLE, pickle.dumps(obj, protocol=4))
+        except Exception as exc:
+            raise EncodeError(
+                f"cannot send a value of type {type(obj).__qualname__}: {exc}"
+            ) from exc
 
 
-def _pickled(obj: Any) -> msgpack.ExtType:
-    try:
-        return msgpack.ExtType(_PICKLE, pickle.dumps(obj, protocol=4))
-    except Exception as exc:
-        raise EncodeError(f"cannot send a value of type {type(obj).__qualname__}: {exc}") from exc
+def locate(container: Any, target: Any) -> str:
+    """Where target sits inside container, as an index path like `[1][4]['key']` ('' if absent).
+
+    Only called on the error path, so a plain recursive search is fine.
+    """
+    if container is target:
+        return ""
+    if type(container) is dict:
+        items: Any = container.items()
+    elif type(container) in (list, tuple):
+        items = enumerate(container)
+    else:
+        return ""
+    for key, value in items:
+        if value is target:
+            return f"[{key!r}]"
+        inner = locate(value, target)
+        if inner:
+            return f"[{key!r}]{inner}"
+    return ""
 
 
 class Decoder:
@@ -152,7 +210,7 @@ class Decoder:
     huge) frame alive until the garbage collector runs.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, allow_pickle: bool = False) -> None:
         self._view = memoryview(b"")
         self._data_start = 0
         self._copy = False  # arrays in shared memory are copied out: the peer reuses it
@@ -160,7 +218,7 @@ class Decoder:
             _ARRAY: self._array,
             _SCALAR: _scalar,
             _TUPLE: lambda data: tuple(self._unpack(data)),
-            _PICKLE: pickle.loads,
+            _PICKLE: pickle.loads if allow_pickle else _refuse_pickle,
         }
 
     def decode(self, frame: bytearray, shm: Any = None) -> Any:
@@ -205,6 +263,14 @@ class Decoder:
 
     def _unpack(self, data: Any) -> Any:
         return msgpack.unpackb(data, ext_hook=self._ext_hook, raw=False, strict_map_key=False)
+
+
+def _refuse_pickle(data: bytes) -> Any:
+    raise ProtocolError(
+        "the peer sent a pickled value, and this side does not accept pickle (unpickling runs "
+        "code the sender chooses). If you trust the peer, allow pickle on this side too "
+        "(allow_pickle=True or PORTAL_ENV_ALLOW_PICKLE=1); else make the peer send plain values."
+    )
 
 
 def _scalar(data: bytes) -> np.generic:

@@ -125,6 +125,11 @@ class _Layout:
     def wants_shared_memory(self) -> bool:
         return self.capacity >= sharedmem.MIN_BYTES
 
+    def allow_pickle(self, allowed: bool) -> None:
+        """Let info values travel pickled (trusted peers only; see codec)."""
+        self._encoder.allow_pickle = allowed
+        self._decoder = codec.Decoder(allowed)
+
     def _put_obs(self, obs: np.ndarray, parts: List[Any]) -> Tuple[int, int]:
         """Place obs in shared memory or in parts; (flags that say where, bytes added)."""
         if self.shm is not None:  # sized from the same space: the obs always fits

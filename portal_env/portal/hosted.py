@@ -159,9 +159,11 @@ class HostedVectorEnv:
         finally:
             os.close(fd)
 
-    def adopt_agent_memory(self, path: str, layout: Any) -> None:
-        """Have the workers write step observations into the agent's own mapping.
+    def adopt_agent_memory(self, fd: int, layout: Any) -> None:
+        """Have the workers write step observations into the mapping shared with the agent.
 
+        fd is a descriptor of the file the server made for it (server.Session);
+        each worker gets a duplicate over its pipe and maps that, never a path.
         Only where the step layout keeps a plain observation array at its start
         (what fastpath.Slot.share writes); the reply then needs no copy here.
         """
@@ -169,7 +171,8 @@ class HostedVectorEnv:
             return
         slot = layout.obs
         for worker in self.workers:
-            worker.send("adopt_agent_memory", (path, len(layout.shm), slot.dtype, slot.shape))
+            worker.send("adopt_agent_memory", (len(layout.shm), slot.dtype, slot.shape))
+            worker.send_fd("adopt_agent_memory", fd)
         if not all(workers.gather(self.workers, "adopt_agent_memory")):
             for worker in self.workers:
                 worker.send("adopt_agent_memory", None)

@@ -2,40 +2,82 @@
 
 Through a socket a 100 KB Atari frame costs ~50 us (kernel buffers, two
 copies and their bookkeeping); through a shared mapping it costs two memcpys.
-The agent creates a private (0600) file, the server maps it, and the agent then
-unlinks it at once: the mappings stay valid and nothing is left behind even if
-both processes crash. A server that cannot map it (another host, a container
-without the host's /dev/shm) declines, and observations go through the socket.
+The server creates the file, in a private (0700) directory it made itself, and
+maps it; the agent checks the file it is told about (a private regular file of
+its own user in such a directory, on the shared-memory file system) and maps
+it; then the server removes file and directory: the mappings stay valid and
+nothing is left behind (a server killed in between leaves one file). The
+server never maps a file a peer names. An agent that cannot map it (another
+host, a container without the host's /dev/shm) declines, and observations go
+through the socket.
 """
 
 from __future__ import annotations
 
 import mmap
 import os
+import shutil
 import stat
 import tempfile
-from typing import Optional
+from typing import Optional, Tuple
 
 # Below this, a socket is as fast and needs no setup.
 MIN_BYTES = 1 << 16
+_PREFIX = "portal-env-"
 
 
 def _directory() -> Optional[str]:
     return "/dev/shm" if os.path.isdir("/dev/shm") else None
 
 
-def create(size: int) -> tuple:
-    """Create a private mapping of size bytes; (path, mmap). The caller unlinks path."""
-    fd, path = tempfile.mkstemp(prefix="portal-env-", dir=_directory())
+def create(size: int) -> Tuple[str, mmap.mmap]:
+    """A new mapping of size bytes in a new private directory: (path, mmap).
+
+    The caller removes both with `remove(path)` once the peer has mapped it (or not).
+    """
+    directory = tempfile.mkdtemp(prefix=_PREFIX + "srv-", dir=_directory())  # 0700
     try:
-        os.ftruncate(fd, size)
-        return path, mmap.mmap(fd, size)
-    finally:
-        os.close(fd)
+        fd, path = tempfile.mkstemp(prefix=_PREFIX, dir=directory)  # 0600
+        try:
+            os.ftruncate(fd, size)
+            return path, mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+
+
+def remove(path: str) -> None:
+    """Remove a file made by create() and its directory (mappings stay valid)."""
+    os.unlink(path)
+    os.rmdir(os.path.dirname(path))
+
+
+def _private_dir_of_mine(path: str) -> bool:
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    mine = info.st_uid == os.getuid() and not stat.S_IMODE(info.st_mode) & 0o077
+    return stat.S_ISDIR(info.st_mode) and mine
 
 
 def attach(path: str, size: int) -> Optional[mmap.mmap]:
-    """Map an agent's file if it is a private regular file of this user; else None."""
+    """Map a server's file if it is where and what a server makes; else None.
+
+    A server (a compromised env runtime) could name any file: only a private
+    regular file of this user, with one link, of exactly size bytes, in a private
+    portal-env directory directly under the shared-memory directory is mapped.
+    """
+    root = _directory()
+    if root is None or not isinstance(path, str) or not isinstance(size, int):
+        return None
+    parent = os.path.dirname(path)
+    if os.path.dirname(parent) != root or not os.path.basename(parent).startswith(_PREFIX):
+        return None
+    if not os.path.basename(path).startswith(_PREFIX) or not _private_dir_of_mine(parent):
+        return None
     try:
         fd = os.open(path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
     except OSError:
@@ -44,7 +86,9 @@ def attach(path: str, size: int) -> Optional[mmap.mmap]:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or info.st_size != size:
             return None
-        if stat.S_IMODE(info.st_mode) & 0o077:
+        if stat.S_IMODE(info.st_mode) & 0o077 or info.st_nlink != 1:
+            return None
+        if info.st_dev != os.stat(root).st_dev:
             return None
         return mmap.mmap(fd, size)
     finally:

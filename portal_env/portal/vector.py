@@ -9,6 +9,7 @@ import numpy as np
 from gymnasium.vector.utils import batch_space
 
 from . import fastpath, spaces
+from .agent import make_remote
 from .client import DEFAULT_TIMEOUT, Client
 
 
@@ -38,10 +39,8 @@ class PortalVectorEnv(gymnasium.vector.VectorEnv):
         self._all_ids = list(range(num_envs))
         self._client = Client.for_env(env_name, address, token, agent_in_docker, timeout)
         args, kwargs = list(env_args or []), dict(env_kwargs or {})
-        if num_workers is None:  # the server picks (its cores); older servers take 3 arguments
-            description = self._client.call("make_vec", num_envs, args, kwargs)
-        else:
-            description = self._client.call("make_vec", num_envs, args, kwargs, num_workers)
+        # num_workers None: the server picks (its cores)
+        description = make_remote(self._client, env_name, args, kwargs, num_envs, num_workers)
         self.single_observation_space = spaces.decode_space(description["observation_space"])
         self.single_action_space = spaces.decode_space(description["action_space"])
         self.observation_space = batch_space(self.single_observation_space, num_envs)

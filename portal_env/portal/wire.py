@@ -1,10 +1,15 @@
-"""Sockets, framing and the authentication handshake.
+"""Sockets, framing and the mutual authentication handshake.
 
 A frame is a u32 little-endian payload length, a kind byte and the payload: a
-`codec` value, or a step message laid out by `fastpath`. Before a
-connection carries any frame, the client proves it holds the server's token by
-answering a random challenge with an HMAC; the token itself never crosses the
-wire, and the server reads nothing but fixed-size bytes until then.
+`codec` value, or a step message laid out by `fastpath`. Before a connection
+carries any frame, each side proves it holds the token by answering the
+other's random nonce with an HMAC: the server sends its nonce, the client
+answers with its own nonce and its proof, and the server (if the proof holds)
+answers with its proof over both nonces. The token never crosses the wire, the
+server reads nothing but fixed-size bytes until the client has proved itself,
+and the client neither sends a request nor decodes a byte of a frame until the
+server has proved itself, so a tokenless impostor on the server's port or path
+learns no request and can make the agent decode nothing.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import hmac
 import os
 import secrets
 import socket
+import stat
 import struct
 import time
 from dataclasses import dataclass
@@ -23,7 +29,7 @@ from ..errors import AuthenticationError, PortalConnectionError, PortalEnvError,
 from . import codec
 from . import spin as spin_policy
 
-MAGIC = b"PENV1"
+MAGIC = b"PENV3"  # PENV2: before ring slots and packed infos in steps; PENV1: one-sided
 NONCE_BYTES = 32
 DIGEST_BYTES = 32
 ACCEPTED, REFUSED = b"OK", b"NO"
@@ -33,6 +39,10 @@ _HEADER = struct.Struct("<IB")  # payload length, frame kind
 # Frame kinds: a general codec value, or a step in the layout agreed from the spaces.
 GENERAL, FAST_STEP, FAST_REPLY = 0, 1, 2
 _READ_CHUNK = 1 << 16
+# A large frame's buffer starts at this size and doubles as its bytes arrive, so a
+# header alone (5 bytes claiming 1 GiB) never makes a peer allocate the declared size.
+_FIRST_GROWTH = 1 << 20
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
 @dataclass(frozen=True)
@@ -77,11 +87,15 @@ def _tune(sock: socket.socket) -> None:
 
 
 def listen(address: Address) -> socket.socket:
-    """Bind and listen; a Unix socket file is made private to the user."""
+    """Bind and listen; a Unix socket file is made private to the user.
+
+    An existing path is replaced only if it is a socket nobody listens on (left
+    by a server that died): never a regular file, never a live server's socket.
+    """
+    if address.path is not None:
+        _clear_stale_socket(address.path)
     sock = socket.socket(address.family, socket.SOCK_STREAM)
     if address.path is not None:
-        if os.path.exists(address.path):
-            os.unlink(address.path)
         old_umask = os.umask(0o177)
         try:
             sock.bind(address.path)
@@ -92,6 +106,48 @@ def listen(address: Address) -> socket.socket:
         sock.bind(address.target)
     sock.listen(128)
     return sock
+
+
+def _clear_stale_socket(path: str) -> None:
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(info.st_mode):
+        raise PortalEnvError(
+            f"cannot listen on unix:{path}: that path exists and is not a socket, so it is not "
+            "replaced. Choose another socket path (socket_path=... or PORTAL_ENV_SOCKET), or "
+            "remove the file yourself if it is not needed."
+        )
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        os.unlink(path)  # a dead server's socket
+        return
+    except OSError:  # e.g. a full backlog: someone is listening
+        pass
+    finally:
+        probe.close()
+    raise PortalEnvError(
+        f"cannot listen on unix:{path}: another server is listening there. Stop it "
+        "(portal-env ps / stop) or choose another socket path (socket_path=... or "
+        "PORTAL_ENV_SOCKET)."
+    )
+
+
+def peer_name(sock: socket.socket) -> str:
+    """Who is at the other end: `host:port`, or a Unix peer's pid and uid (for logs)."""
+    try:
+        if sock.family == socket.AF_UNIX:
+            cred = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+            pid, uid, _ = _PEERCRED.unpack(cred)
+            return f"unix peer pid {pid} uid {uid}"
+        host, port = sock.getpeername()[:2]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    except (OSError, AttributeError, struct.error):  # gone already, or no SO_PEERCRED here
+        return "an unknown peer"
 
 
 def bound_address(sock: socket.socket, requested: Address) -> Address:
@@ -121,22 +177,72 @@ def set_timeout(sock: socket.socket, seconds: Optional[float]) -> None:
 _yield = getattr(os, "sched_yield", lambda: None)
 
 
-def _digest(token: str, nonce: bytes) -> bytes:
-    return hmac.new(token.encode(), b"portal-env-auth" + nonce, hashlib.sha256).digest()
+def _check_magic(hello: bytes, address: Address) -> None:
+    if hello.startswith(MAGIC):
+        return
+    if hello.startswith(b"PENV"):
+        raise ProtocolError(
+            f"the server at {address} speaks another portal-env protocol ({hello[:5]!r}, this "
+            f"agent {MAGIC!r}); run the same portal-env version on both sides (restart the portal)"
+        )
+    raise ProtocolError(f"{address} is not a portal-env server (it sent {hello[:8]!r})")
+
+
+def _digest(token: str, role: bytes, server_nonce: bytes, client_nonce: bytes) -> bytes:
+    # The role keeps one side's proof from ever serving as the other's (reflection).
+    message = b"portal-env-auth-2 " + role + server_nonce + client_nonce
+    return hmac.new(token.encode(), message, hashlib.sha256).digest()
+
+
+class _Closed(Exception):
+    """The peer closed the connection during the handshake."""
+
+
+class HandshakeFailed(PortalConnectionError):
+    """Server side: a peer that did not authenticate (why is the message)."""
+
+
+class PeerTimeout(PortalConnectionError):
+    """No frame arrived within the socket's receive timeout."""
+
+
+def _read_by(sock: socket.socket, n: int, deadline: Optional[float]) -> bytes:
+    """Read exactly n bytes before the monotonic deadline (None: no deadline).
+
+    One deadline for the whole handshake: a peer dripping a byte at a time
+    cannot extend it, as it would a per-read timeout.
+    """
+    got = bytearray()
+    while len(got) < n:
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise socket.timeout("handshake deadline")
+            sock.settimeout(remaining)
+        chunk = sock.recv(n - len(got))
+        if not chunk:
+            raise _Closed
+        got += chunk
+    return bytes(got)
 
 
 class Channel:
     """A connected, authenticated socket that sends and receives frames."""
 
     def __init__(
-        self, sock: socket.socket, max_frame: int = DEFAULT_MAX_FRAME, spin_us: float = 0.0
+        self,
+        sock: socket.socket,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        spin_us: float = 0.0,
+        allow_pickle: bool = False,
     ) -> None:
         self.sock = sock
         self.max_frame = max_frame
         self.spin_ns = int(spin_us * 1000)
+        self.allow_pickle = allow_pickle
         self._wait_ns = 0  # running average of how long a frame took to start arriving
-        self._encoder = codec.Encoder()
-        self._decoder = codec.Decoder()
+        self._encoder = codec.Encoder(allow_pickle)
+        self._decoder = codec.Decoder(allow_pickle)
         self.shm: Any = None  # a mapping shared with the peer for large array data
         self._buf = bytearray(_READ_CHUNK)
         self._view = memoryview(self._buf)
@@ -146,54 +252,97 @@ class Channel:
 
     @classmethod
     def connect(
-        cls, address: Address, token: str, timeout: Optional[float], spin_us: float = 0.0
+        cls,
+        address: Address,
+        token: str,
+        timeout: Optional[float],
+        spin_us: float = 0.0,
+        allow_pickle: bool = False,
     ) -> Channel:
-        """Connect to a server and authenticate with token."""
+        """Connect to a server and authenticate both ways, all within timeout seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         sock = socket.socket(address.family, socket.SOCK_STREAM)
+        phase = "connecting"
         try:
-            sock.settimeout(min(timeout or HANDSHAKE_TIMEOUT, HANDSHAKE_TIMEOUT))
+            sock.settimeout(timeout)
             sock.connect(address.target)
             _tune(sock)
-            channel = cls(sock, spin_us=spin_us)
-            hello = channel.read_exact(len(MAGIC) + NONCE_BYTES)
-            if hello[: len(MAGIC)] != MAGIC:
-                raise ProtocolError(f"{address} is not a portal-env server (it sent {hello[:8]!r})")
-            sock.sendall(_digest(token, bytes(hello[len(MAGIC) :])))
-            if channel.read_exact(len(ACCEPTED)) != ACCEPTED:
+            phase = "waiting for the server's greeting"
+            hello = _read_by(sock, len(MAGIC) + NONCE_BYTES, deadline)
+            _check_magic(hello, address)
+            server_nonce, client_nonce = hello[len(MAGIC) :], secrets.token_bytes(NONCE_BYTES)
+            sock.sendall(client_nonce + _digest(token, b"agent", server_nonce, client_nonce))
+            phase = "waiting for the server's answer to our token"
+            if _read_by(sock, len(ACCEPTED), deadline) != ACCEPTED:
                 raise AuthenticationError(
                     f"the server at {address} refused the token; pass the server's token "
-                    "(token=..., or PORTAL_ENV_TOKEN) to the agent"
+                    "(token=..., or PORTAL_ENV_TOKEN; `portal-env token NAME` prints it) to the "
+                    "agent"
+                )
+            phase = "waiting for the server to prove it holds the token"
+            proof = _read_by(sock, DIGEST_BYTES, deadline)
+            expected = _digest(token, b"server", server_nonce, client_nonce)
+            if not hmac.compare_digest(proof, expected):
+                raise AuthenticationError(
+                    f"the peer at {address} accepted our token but could not prove it holds "
+                    "it: it is not a portal-env server with this token (an impostor on that "
+                    "address?). Nothing was sent to it; check which process listens there."
                 )
             sock.settimeout(None)
             set_timeout(sock, timeout)
-            return channel
+            return cls(sock, spin_us=spin_us, allow_pickle=allow_pickle)
         except PortalEnvError:  # before OSError: PortalConnectionError is one too
             sock.close()
             raise
+        except socket.timeout as exc:
+            sock.close()
+            raise PortalConnectionError(
+                f"timed out after {timeout:g} s {phase} at {address}: is a portal-env server "
+                "running there and is it responsive? (`portal-env ps` lists running portals; "
+                "timeout=... sets the limit)"
+            ) from exc
+        except _Closed:
+            sock.close()
+            raise PortalConnectionError(
+                f"the peer at {address} closed the connection while {phase}: is it a portal-env "
+                "server of this version, and not overloaded?"
+            ) from None
         except OSError as exc:
             sock.close()
-            raise PortalConnectionError(f"cannot connect to a portal at {address}: {exc}") from exc
+            raise PortalConnectionError(
+                f"cannot connect to a portal at {address} ({phase}): {exc}"
+            ) from exc
 
     @classmethod
     def accept(
-        cls, sock: socket.socket, token: str, max_frame: int, spin_us: float = 0.0
-    ) -> Optional[Channel]:
-        """Run the server side of the handshake; None if the peer failed it."""
+        cls,
+        sock: socket.socket,
+        token: str,
+        max_frame: int,
+        spin_us: float = 0.0,
+        timeout: Optional[float] = HANDSHAKE_TIMEOUT,
+        allow_pickle: bool = False,
+    ) -> Channel:
+        """Run the server side of the handshake within timeout; HandshakeFailed if it fails."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         _tune(sock)
-        sock.settimeout(HANDSHAKE_TIMEOUT)
-        channel = cls(sock, max_frame, spin_us)
-        nonce = secrets.token_bytes(NONCE_BYTES)
+        server_nonce = secrets.token_bytes(NONCE_BYTES)
         try:
-            sock.sendall(MAGIC + nonce)
-            answer = channel.read_exact(DIGEST_BYTES)
-            if not hmac.compare_digest(bytes(answer), _digest(token, nonce)):
+            sock.sendall(MAGIC + server_nonce)
+            answer = _read_by(sock, NONCE_BYTES + DIGEST_BYTES, deadline)
+            client_nonce, proof = answer[:NONCE_BYTES], answer[NONCE_BYTES:]
+            if not hmac.compare_digest(proof, _digest(token, b"agent", server_nonce, client_nonce)):
                 sock.sendall(REFUSED)
-                return None
-            sock.sendall(ACCEPTED)
-        except (OSError, PortalConnectionError):
-            return None
+                raise HandshakeFailed("wrong token")
+            sock.sendall(ACCEPTED + _digest(token, b"server", server_nonce, client_nonce))
+        except socket.timeout:
+            raise HandshakeFailed(f"no token proof within the {timeout:g} s deadline") from None
+        except _Closed:
+            raise HandshakeFailed("closed during the handshake") from None
+        except OSError as exc:
+            raise HandshakeFailed(f"handshake failed: {exc.strerror or exc}") from None
         sock.settimeout(None)
-        return channel
+        return cls(sock, max_frame, spin_us, allow_pickle)
 
     # -- frames ------------------------------------------------------------
 
@@ -286,7 +435,7 @@ class Channel:
 
     def read_exact(self, n: int) -> bytearray:
         """Read exactly n bytes, through a buffer so that small frames cost one syscall."""
-        out = bytearray(n)
+        out = bytearray(min(n, _FIRST_GROWTH))
         got = min(n, self._hi - self._lo)
         out[:got] = self._view[self._lo : self._lo + got]
         self._lo += got
@@ -294,10 +443,7 @@ class Channel:
             return out
         self._lo = self._hi = 0
         if n - got >= _READ_CHUNK:  # large: read straight into the result, woken once
-            target = memoryview(out)
-            while got < n:
-                got += self._recv_into(target[got:], socket.MSG_WAITALL)
-            return out
+            return self._read_growing(out, got, n)
         while got < n:
             k = self._recv_into(self._view)
             take = min(k, n - got)
@@ -306,11 +452,20 @@ class Channel:
             self._lo, self._hi = take, k
         return out
 
+    def _read_growing(self, out: bytearray, got: int, n: int) -> bytearray:
+        """Read into out until it holds n bytes, doubling it only as bytes arrive."""
+        while got < n:
+            if got == len(out):
+                out.extend(bytes(min(n, 2 * len(out)) - len(out)))
+            with memoryview(out) as target:  # released before the next resize
+                got += self._recv_into(target[got:], socket.MSG_WAITALL)
+        return out
+
     def _recv_into(self, target: memoryview, flags: int = 0) -> int:
         try:
             k = self.sock.recv_into(target, 0, flags)
         except (socket.timeout, BlockingIOError) as exc:  # BlockingIOError: SO_RCVTIMEO expired
-            raise PortalConnectionError("timed out waiting for the peer") from exc
+            raise PeerTimeout("timed out waiting for the peer") from exc
         except OSError as exc:
             raise PortalConnectionError(f"connection lost: {exc}") from exc
         if k == 0:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import mmap
 import multiprocessing
 import os
 import signal
@@ -33,6 +34,7 @@ import stat
 import sys
 import traceback
 import warnings
+from multiprocessing import reduction
 from multiprocessing.connection import Connection, wait
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -183,6 +185,8 @@ def _serve(conn: Connection, parent_pid: int, shard: Shard) -> None:
         if op in ("step_each", "reset_each"):
             _run_each(conn, shard, op, args)
             continue
+        if op == "adopt_agent_memory" and args is not None:
+            args = (reduction.recv_handle(conn), *args)  # the server sends the descriptor next
         try:
             if op == "close":
                 shard.close()
@@ -224,15 +228,16 @@ def _run(shard: Shard, op: str, args: Any) -> Any:
             os.close(fd)  # the mapping stays; the descriptor is not needed any more
         return None
     if op == "adopt_agent_memory":
-        from . import sharedmem
-
         if args is None:  # another worker could not map it: nobody uses it
             shard.step_out = None
             return True
-        path, size, dtype, shape = args
-        mapping = sharedmem.attach(path, size)
-        if mapping is None:
-            return False
+        fd, size, dtype, shape = args
+        try:
+            if os.fstat(fd).st_size != size:
+                return False
+            mapping = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)  # the mapping stays
         count = int(np.prod(shape, dtype=np.int64))
         batch = np.frombuffer(mapping, dtype, count).reshape(shape)
         shard.step_out = batch[shard.first : shard.first + len(shard.envs)]
@@ -290,6 +295,15 @@ class Worker:
             raise self._died(op)
         try:
             self.conn.send((op, args))
+        except (OSError, EOFError) as exc:
+            raise self._died(op) from exc
+
+    def send_fd(self, op: str, fd: int) -> None:
+        """Pass a duplicate of descriptor fd (after a send(op, ...) that announces it)."""
+        if self.dead:
+            raise self._died(op)
+        try:
+            reduction.send_handle(self.conn, fd, self.process.pid)
         except (OSError, EOFError) as exc:
             raise self._died(op) from exc
 

@@ -7,7 +7,8 @@ pulls in a build tool.
 from __future__ import annotations
 
 import importlib
-from typing import Dict, List
+import inspect
+from typing import Any, Dict, List
 
 from ..errors import BackendUnavailableError
 from .base import Backend, LogReporter, ProcessHandle, Reporter, Runtime, ServerHandle
@@ -47,7 +48,13 @@ def canonical(name: str) -> str:
     return name
 
 
-def get(name: str) -> Backend:
-    """The backend called name (or an alias)."""
+def get(name: str, **options: Any) -> Backend:
+    """The backend called name (or an alias), made with options (e.g. docker's
+    base_image); an option the backend does not take is a clear error."""
     module, _, attr = AVAILABLE[canonical(name)].partition(":")
-    return getattr(importlib.import_module(module), attr)()
+    backend = getattr(importlib.import_module(module), attr)
+    unknown = sorted(set(options) - set(inspect.signature(backend).parameters))
+    if unknown:
+        flags = ", ".join("--" + option.replace("_", "-") for option in unknown)
+        raise BackendUnavailableError(f"{flags} does not apply to -b {name}")
+    return backend(**options)

@@ -10,11 +10,11 @@ its locks live beside its spec.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Union
 
+from .. import config
 from ..errors import CatalogError
 
 
@@ -31,7 +31,6 @@ ENV_MAIN = "env_main.py"
 SPEC = "spec.yml"
 DOCKERFILE = "Dockerfile.env"
 SETUP_SCRIPT = "env_setup.py"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -71,8 +70,6 @@ class EnvSource:
         log) and an installed package's directory may even be read-only."""
         if not self.builtin:
             return self.env_dir
-        from .. import config
-
         path = config.state_dir() / "work" / self.name
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         return path
@@ -90,7 +87,7 @@ class EnvSource:
 
 def check_name(name: str) -> str:
     """The name unchanged if it is usable as a portal/env name, else a clear error."""
-    if not _NAME.match(name):
+    if not config.NAME_PATTERN.match(name):
         raise CatalogError(
             f"bad env name {name!r}: use letters, digits, '.', '_' or '-' "
             "(up to 64, starting with a letter or digit)"

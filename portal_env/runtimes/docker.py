@@ -193,24 +193,52 @@ def build_dockerfile_image(
                 output.append(chunk["stream"])
                 line = chunk["stream"].strip()
                 if line.startswith("Step "):
-                    reporter.status(f"building {tag}: {line}")
+                    reporter.note(f"{source.name}: {line}")  # each step, TTY or not
+                elif line and not line.startswith(" ---> "):
+                    reporter.status(f"building {tag}: {line[:100]}")
             if "error" in chunk:
-                raise BuildError(_build_failure(source, chunk["error"], output))
+                raise BuildError(_build_failure(source, chunk["error"], output, args))
     except docker.errors.APIError as exc:
-        raise BuildError(_build_failure(source, _short(exc), output)) from None
+        raise BuildError(_build_failure(source, _short(exc), output, args)) from None
 
 
-def _build_failure(source: EnvSource, error: str, output: List[str]) -> str:
+def _build_failure(
+    source: EnvSource, error: str, output: List[str], args: Mapping[str, str]
+) -> str:
     text = "".join(output)
     steps = [m.start() for m in re.finditer(r"(?m)^Step \d+/\d+ :", text)]
     failing = text[steps[-1] :] if steps else text
     lines = failing.rstrip().splitlines()
     head, body = (lines[0], lines[1:]) if steps else ("(before the first step)", lines)
+    instruction = head.split(" : ", 1)[-1].strip()
+    if instruction.upper().startswith("FROM "):
+        image = _expand(instruction.split()[1], source.dockerfile, args)
+        return _unpullable(source, image, error.strip())
     noise = (" ---> ", "Removing intermediate container")
     body = [line for line in body if not line.startswith(noise)][-60:]
     return (
         f"building the image of {source.name!r} from {source.dockerfile} failed at "
         f"{head.strip()}\n" + "\n".join(body) + f"\n{error.strip()}"
+    )
+
+
+def _expand(word: str, dockerfile: Path, args: Mapping[str, str]) -> str:
+    """word with ${ARG}/$ARG replaced by the build args, else the ARG defaults."""
+    values = dict(re.findall(r"(?im)^\s*ARG\s+(\w+)=(\S+)", dockerfile.read_text()))
+    values.update(args)
+    return re.sub(r"\$\{?(\w+)\}?", lambda m: values.get(m.group(1), m.group(0)), word)
+
+
+def _unpullable(source: EnvSource, image: str, reason: str) -> str:
+    """The error for a base image the daemon neither has nor can pull."""
+    from .listing import backends
+
+    others = [b for b in backends(source) if b != "docker"]
+    instead = f", or use a backend without Docker: -b {' or -b '.join(others)}" if others else ""
+    return (
+        f"the base image {image} of {source.name!r} is not in the Docker daemon and cannot "
+        f"be pulled ({reason}). Pull it where its registry is reachable (docker pull "
+        f"{image}), or name an image this daemon has with --base-image IMAGE{instead}."
     )
 
 
@@ -300,6 +328,7 @@ class DockerRuntime:
                     config.HOST_VAR: "0.0.0.0",
                     config.PORT_VAR: str(SERVER_PORT),
                     config.TOKEN_FILE_VAR: TOKEN_PATH,
+                    config.SUPERVISED_VAR: "1",
                     "PYTHONPATH": LIB,
                     "PYTHONUNBUFFERED": "1",
                 },
@@ -327,7 +356,7 @@ def _publish_host(env: Mapping[str, str]) -> str:
 def token_file(portal: str) -> Path:
     """The 0600 file holding portal's token: mounted into its container, and into agents'
     containers by their users (`portal-env token NAME --file`)."""
-    return config.state_dir() / "tokens" / f"portal-{portal}"
+    return config.tokens_dir() / f"portal-{portal}"
 
 
 def _write_token_file(portal: str, token: str) -> Path:
@@ -383,7 +412,8 @@ def _supervisor_alive(container: Any) -> bool:
 
 
 def reap_orphans(docker_client: Any) -> List[str]:
-    """Remove this user's portal containers whose supervisor is gone (e.g. SIGKILLed)."""
+    """Remove this user's portal containers whose supervisor is gone (e.g. SIGKILLed);
+    the names of their portals."""
     reaped = []
     for container in docker_client.containers.list(
         all=True, filters={"label": f"{LABEL_OWNER}={owner()}"}
@@ -391,7 +421,7 @@ def reap_orphans(docker_client: Any) -> List[str]:
         if not _supervisor_alive(container):
             logger.warning("reaping container %s: its supervisor is gone", container.name)
             container.remove(force=True)
-            reaped.append(container.name)
+            reaped.append(container.labels.get(LABEL_PORTAL, container.name))
     return reaped
 
 
@@ -547,7 +577,7 @@ class DockerBackend:
         from . import export
 
         base_name = self.base_image or config.DOCKER_BASE_IMAGE
-        base = _base_image(docker_client, base_name)
+        base = _base_image(docker_client, base_name, source)
         lock_path = export.lockfile(source, reporter)
         inputs = export.inputs_hash(source, lock_path, base.attrs["RootFS"]["Layers"])
         tag = export.tag_for(source.name, inputs)
@@ -570,16 +600,13 @@ def _file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _base_image(docker_client: Any, name: str) -> Any:
+def _base_image(docker_client: Any, name: str, source: EnvSource) -> Any:
     import docker
 
     try:
         return docker_client.images.get(name)
     except docker.errors.ImageNotFound:
-        raise BuildError(
-            f"the base image {name} is not in the Docker daemon; pull or build it "
-            f"(docker pull {name}), or name one you have with --base-image"
-        ) from None
+        raise BuildError(_unpullable(source, name, "not found")) from None
 
 
 class _scratch_file:

@@ -36,7 +36,7 @@ from typing import Dict, List, Mapping, Optional
 
 from .. import config
 from ..errors import BackendUnavailableError, BuildError
-from . import condalock
+from . import condalock, offline
 from .base import Reporter
 from .catalog import EnvSource
 from .venv import MARKER, VenvRuntime, _build_lock, _run, is_complete, package_dir, uv_bin
@@ -161,6 +161,7 @@ class MicromambaBackend:
             if is_complete(prefix):
                 logger.debug("conda prefix cache hit: %s", prefix)
             else:
+                offline.refuse(source, "mm", f"the conda prefix {prefix}")
                 self._build(source, lock_path, prefix, reporter)
             activation = json.loads((prefix / MARKER).read_text()).get("activation", {})
         return MicromambaRuntime(source, prefix, package_dir(), activation)
@@ -185,6 +186,7 @@ class MicromambaBackend:
         """source's current lockfile: made (and said so) if missing, refused if stale."""
         spec = source.require_spec(self.name)
         if condalock.status(source, spec) == "missing":
+            offline.refuse(source, "mm", "a conda lockfile", verb="lock")
             reporter.note(
                 f"{source.name}: no conda lockfile yet; locking {spec} "
                 f"into {condalock.lock_path(source)} (keep it with the spec)"

@@ -26,7 +26,7 @@ from typing import IO, List, Mapping, Optional, Sequence
 
 from .. import config
 from ..errors import BuildError
-from . import lock
+from . import lock, offline
 from .base import ProcessHandle, Reporter, ServerHandle
 from .catalog import EnvSource
 
@@ -119,6 +119,7 @@ class VenvBackend:
             if is_complete(venv_dir):
                 logger.debug("venv cache hit: %s", venv_dir)
             else:
+                offline.refuse(source, self.name, f"the venv {venv_dir}")
                 self._build(source, lock_path, python, venv_dir, reporter)
         return VenvRuntime(source, venv_dir, package_dir())
 
@@ -139,6 +140,7 @@ class VenvBackend:
         """source's current lockfile: made (and said so) if missing, refused if stale."""
         spec = source.require_spec(self.name)
         if lock.venv_lock_status(source, spec) == "missing":
+            offline.refuse(source, self.name, "a venv lockfile", verb="lock")
             reporter.note(
                 f"{source.name}: no venv lockfile yet; locking {spec} "
                 f"into {lock.venv_lock_path(source)} (keep it with the spec)"
@@ -192,7 +194,7 @@ def _run(
         output = (done.stdout + done.stderr).strip()
         raise BuildError(
             f"could not {what} (exit code {done.returncode}; command: {shlex.join(command)}):\n"
-            f"{output[-4000:]}"
+            f"{output[-4000:]}{config.full_disk_hint(output)}"
         )
 
 

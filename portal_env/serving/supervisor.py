@@ -14,10 +14,12 @@ a line for each supervisor event, go to the portal's log file.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import secrets
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +44,9 @@ class Policy:
         backoff: Delays before successive restarts (the last one repeats).
         max_failures: Deaths tolerated within failure_window before giving up.
         failure_window: Seconds over which deaths are counted.
-        host: Interface the server binds.
+        host: Interface the server binds, over TCP (e.g. a node's address on a cluster,
+            where agents on other nodes connect); None: private to this host (a Unix socket
+            for a local runtime, else TCP on loopback).
     """
 
     ready_timeout: float = 120.0
@@ -50,7 +54,7 @@ class Policy:
     backoff: Tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
     max_failures: int = 5
     failure_window: float = 60.0
-    host: str = config.DEFAULT_HOST
+    host: Optional[str] = None
 
 
 class Supervisor:
@@ -76,7 +80,7 @@ class Supervisor:
         self.policy = policy
         self.token = secrets.token_urlsafe(32)
         self.log_path = registry.log_path(name)
-        self.ready_file = registry.logs_dir() / f".{name}.ready"
+        self.ready_file = _ready_file(name)
         self.handle: Optional[ServerHandle] = None
         self.record: Optional[registry.Record] = None
         self.address: Optional[wire.Address] = None
@@ -142,9 +146,10 @@ class Supervisor:
     # -- launching ---------------------------------------------------------
 
     def _open_log(self) -> None:
-        if self.log_path.exists():
-            self.log_path.replace(self.log_path.with_name(self.log_path.name + ".1"))
-        fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with config.writing_in(self.log_path.parent, config.STATE_DIR_VAR):
+            if self.log_path.exists():
+                self.log_path.replace(self.log_path.with_name(self.log_path.name + ".1"))
+            fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._log = os.fdopen(fd, "ab", buffering=0)
 
     def _event(self, message: str) -> None:
@@ -155,22 +160,24 @@ class Supervisor:
 
     def _socket_path(self) -> Optional[str]:
         """A private Unix socket for a local server: ~14 us a step faster than TCP."""
-        directory = config.socket_dir() if self.runtime.local else None
+        private = self.runtime.local and self.policy.host is None
+        directory = config.socket_dir() if private else None
         if directory is None:
             return None
-        return str(directory / f"{self.name[:40]}-{secrets.token_hex(4)}.sock")
+        return str(directory / f"{self.name[: config.SOCKET_NAME_MAX]}-{secrets.token_hex(4)}.sock")
 
     def _launch(self, port: int) -> None:
         """Start a server and wait until it is ready; ServerStartError if it is not."""
         self.ready_file.unlink(missing_ok=True)
         offset = self.log_path.stat().st_size
         env = {
-            config.HOST_VAR: self.policy.host,
+            config.HOST_VAR: self.policy.host or config.DEFAULT_HOST,
             config.PORT_VAR: str(port),
             config.TOKEN_VAR: self.token,
             config.READY_FILE_VAR: str(self.ready_file),
             config.SOCKET_VAR: self.socket_path or "",
             config.TOKEN_FILE_VAR: "",
+            config.SUPERVISED_VAR: "1",
         }
         self._event(f"starting the server ({self.runtime.backend} runtime {self.runtime.location})")
         self.handle = self.runtime.launch(env, self._log)
@@ -192,7 +199,7 @@ class Supervisor:
                 )
             address = self._reported_address(handle)
             if address is not None and self._answers(address):
-                return wire.Address.parse(address)
+                return _reachable(wire.Address.parse(address))
             time.sleep(0.02)
         raise ServerStartError(
             f"the server of portal {self.name!r} did not answer within "
@@ -256,7 +263,11 @@ class Supervisor:
         self._sleep(delay)
         if self._stopping:
             return
-        port = self.address.port if self.address and _port_free(self.address) else 0
+        port = 0
+        if self.address is not None and self.address.path is None:
+            host = self.policy.host or config.DEFAULT_HOST
+            bound = wire.Address(host=host, port=self.address.port)
+            port = bound.port if _port_free(bound) else 0
         try:
             self._launch(port)
         except ServerStartError as exc:
@@ -278,6 +289,31 @@ class Supervisor:
         deadline = time.monotonic() + seconds
         while not self._stopping and time.monotonic() < deadline:
             time.sleep(min(0.05, seconds))
+
+
+def stop_when_closed(sup: Supervisor, fd: int) -> None:
+    """Stop sup once the write end of pipe fd closes: its starter ended, however it ended."""
+
+    def wait() -> None:
+        with contextlib.suppress(OSError):
+            while os.read(fd, 1):
+                pass
+        sup.stop()
+
+    threading.Thread(target=wait, name="portal-env-lifeline", daemon=True).start()
+
+
+def _ready_file(name: str) -> Path:
+    """Where the server writes its address: node-local (a shared state dir mixes nodes)."""
+    directory = config.socket_dir() or registry.logs_dir()
+    return directory / f".{name}-{secrets.token_hex(4)}.ready"
+
+
+def _reachable(address: wire.Address) -> wire.Address:
+    """The address agents use: a server bound to every interface is reached by host name."""
+    if address.path is None and address.host in ("0.0.0.0", "::"):
+        return wire.Address(host=socket.gethostname(), port=address.port)
+    return address
 
 
 def _port_free(address: wire.Address) -> bool:
