@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 import ale_py
 import gymnasium
 import numpy as np
@@ -156,6 +159,59 @@ class ScreenEnv(gymnasium.Env):
         return self.observation_space.sample(), 1.0, False, False, {}
 
 
+class SlowEnv(gymnasium.Env):
+    """Sleeps `delay` seconds per step (settable per instance) and tells its process id."""
+
+    observation_space = spaces.Box(0.0, 1e6, (2,), np.float64)
+    action_space = spaces.Discrete(2)
+
+    def __init__(self, delay=0.0):
+        self.delay = delay
+        self.t = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.array([self.t, self.delay]), {}
+
+    def step(self, action):
+        time.sleep(self.delay)
+        self.t += 1
+        return np.array([self.t, self.delay]), float(action), self.t >= 5, False, {"t": self.t}
+
+    def pid(self):
+        return os.getpid()
+
+
+class InfosEnv(gymnasium.Env):
+    """MuJoCo-like infos: the same keys and types step after step, then now and then
+    a change (a new key, another type) and back."""
+
+    observation_space = spaces.Box(-1.0, 1.0, (3,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self.np_random.random(3, dtype=np.float32), {"x_position": 0.0}
+
+    def step(self, action):
+        self.t += 1
+        x = float(self.np_random.normal())
+        info = {"x_position": x, "reward_run": np.float64(x / 2), "t": np.int64(self.t)}
+        phase = self.t % 10
+        if phase == 7:
+            info["note"] = "a string is not packed"
+        elif phase == 8:
+            info["reward_run"] = np.float32(x)
+        elif phase == 9:
+            info["t"] = self.t  # a Python int now
+        obs = self.np_random.random(3, dtype=np.float32)
+        return obs, x, self.t >= 33, False, info
+
+
+gymnasium.register("PortalTest/Infos-v0", entry_point=InfosEnv, disable_env_checker=True)
+gymnasium.register("PortalTest/Slow-v0", entry_point=SlowEnv, disable_env_checker=True)
 gymnasium.register("PortalTest/Screen-v0", entry_point=ScreenEnv, max_episode_steps=25)
 gymnasium.register("PortalTest/Typed-v0", entry_point=TypedEnv, disable_env_checker=True)
 gymnasium.register("PortalTest/Rich-v0", entry_point=RichEnv, max_episode_steps=50)
@@ -163,6 +219,14 @@ gymnasium.register("PortalTest/Faulty-v0", entry_point=FaultyEnv, disable_env_ch
 gymnasium.register("PortalTest/Big-v0", entry_point=BigEnv)
 
 
-def make(*args, **kwargs):
-    """The factory the test servers serve: gymnasium.make with the test envs registered."""
-    return gymnasium.make(*args, **kwargs)
+def make(*args, screen_into=False, **kwargs):
+    """The factory the test servers serve: gymnasium.make with the test envs registered.
+
+    screen_into=True gives ALE envs the hook that writes frames into shared memory.
+    """
+    env = gymnasium.make(*args, **kwargs)
+    if screen_into:
+        from portal_env.portal.screenbuf import ale_screen_into
+
+        env = ale_screen_into(env)
+    return env

@@ -12,6 +12,7 @@ import re
 import resource
 import secrets
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence
 
 import gymnasium
+import numpy as np
 import pytest
 
 from portal_env import (
@@ -222,7 +224,10 @@ def impostor(listener: socket.socket, marker: str, magic: bytes = wire.MAGIC) ->
             pass
 
 
-@pytest.mark.parametrize("magic", [wire.MAGIC, b"PENV1"], ids=["current", "old-protocol"])
+# PENV2: the step wire format before ring slots and packed infos (issue 13), refused too.
+@pytest.mark.parametrize(
+    "magic", [wire.MAGIC, b"PENV2", b"PENV1"], ids=["current", "previous", "old-protocol"]
+)
 def test_tokenless_fake_server_cannot_run_code_in_the_agent(tmp_path, magic):
     marker = tmp_path / "pwned"
     listener = socket.create_server(("127.0.0.1", 0))
@@ -624,3 +629,68 @@ def test_run_configures_logging_only_from_a_script_top_level():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "1" and "portal-env serving on" in done.stderr
+
+
+class _BigObsEnv(gymnasium.Env):
+    """Observations large enough for shared memory, no emulator needed."""
+
+    observation_space = gymnasium.spaces.Box(0, 255, (256, 256, 3), dtype=np.uint8)
+    action_space = gymnasium.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self.observation_space.sample(), {}
+
+    def step(self, action):
+        return self.observation_space.sample(), 0.0, False, False, {}
+
+
+@pytest.mark.parametrize(
+    "request_, fails",
+    [
+        (["make_vec", 2, [], {}], False),
+        (["make_vec", 2, [], {}, 1], False),
+        (["make_vec", 2, []], True),
+        (["make_vec", 2, [], {}, 1, 1], True),
+        (["make_vec", 2, [], {}, "1"], True),
+        (["async_reset", [None], None], False),
+        (["async_reset", [None]], True),
+        (["send", [0], [1]], False),
+        (["send", 0, [1]], True),
+        (["recv", 1], False),
+        (["recv"], True),
+        (["recv", "1"], True),
+        (["share_memory", "/dev/shm/agent-named", 1 << 20], True),  # no path from the agent
+    ],
+)
+def test_op_table_checks_the_vector_ops(request_, fails):
+    # issue 13's ops (make_vec's num_workers, EnvPool-style async) go through the same checks.
+    from portal_env.portal.server import parse_request
+
+    if fails:
+        with pytest.raises(ProtocolError):
+            parse_request(request_)
+    else:
+        assert parse_request(request_) == (request_[0], request_[1:])
+
+
+def test_server_makes_the_ring_sized_mapping_in_its_own_private_dir():
+    from portal_env.portal import sharedmem
+    from portal_env.portal.server import Session
+
+    session = Session(lambda: _BigObsEnv())
+    session.make([], {})
+    capacity, max_ring = session.layout.capacity, session.layout.max_ring
+    assert session.share_memory(capacity + 1) is None  # not a whole number of slots
+    assert session.share_memory(capacity * (2 + max_ring)) is None  # more slots than allowed
+    path = session.share_memory(capacity * 3)  # the first slot and a ring of two
+    directory = os.path.dirname(path)
+    assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
+    mapping = sharedmem.attach(path, capacity * 3)
+    assert mapping is not None and session.share_memory_ready(True)
+    assert session.layout.ring_slots == 2 and len(session.layout.shm) == capacity * 3
+    assert not os.path.exists(directory)  # removed once both sides have it mapped
+    reply = session.handle(["send", [0], [1]])
+    assert reply[0] == 1 and "needs a vector env" in reply[1][1]
+    mapping.close()
+    session.close()

@@ -9,8 +9,15 @@ import ale_py
 import gymnasium
 
 from portal_env import EnvSidePortal
+from portal_env.portal.screenbuf import ale_screen_into
 
 gymnasium.register_envs(ale_py)  # makes the ALE/... ids known to gymnasium.make
 
+
+def make(*args, **kwargs):
+    # ALE writes each frame straight into the shared memory the agent reads it from.
+    return ale_screen_into(gymnasium.make(*args, **kwargs))
+
+
 if __name__ == "__main__":
-    EnvSidePortal(env_factory=gymnasium.make).run()
+    EnvSidePortal(env_factory=make).run()

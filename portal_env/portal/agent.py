@@ -12,13 +12,22 @@ from .client import DEFAULT_TIMEOUT, Client
 
 
 def make_remote(
-    client: Client, env_name: str, env_args: List[Any], env_kwargs: Dict[str, Any], *extra: Any
+    client: Client,
+    env_name: str,
+    env_args: List[Any],
+    env_kwargs: Dict[str, Any],
+    num_envs: Optional[int] = None,
+    num_workers: Optional[int] = None,
 ) -> Dict[str, Any]:
-    """Make the env on the server ("make", or "make_vec" with extra); a factory that rejects
-    the arguments is reported with what the agent passed and what to pass instead."""
-    op = "make_vec" if extra else "make"
+    """Make the env on the server ("make", or "make_vec" given num_envs); a factory that
+    rejects the arguments is reported with what the agent passed and what to pass instead."""
+    if num_envs is None:
+        op, args = "make", [env_args, env_kwargs]
+    else:  # num_workers None: the server picks (its cores)
+        op, args = "make_vec", [num_envs, env_args, env_kwargs]
+        args += [] if num_workers is None else [num_workers]
     try:
-        return client.call(op, *extra, env_args, env_kwargs)
+        return client.call(op, *args)
     except RemoteEnvError as exc:
         client.close()  # no env was made on it
         if exc.remote_type != "TypeError":

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import weakref
-from typing import Any, Callable, Optional
+from typing import Any, Callable, List, Optional
 
 from .. import config
 from ..errors import PortalConnectionError, ProtocolError, RemoteEnvError
-from . import sharedmem, wire
+from . import obsring, sharedmem, wire
 
 DEFAULT_TIMEOUT = 300.0  # seconds; generous for slow resets (emulators, Minecraft-likes)
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -36,6 +36,8 @@ class Client:
         self.address = address
         self.broken = False
         self.layout: Any = None
+        self._posted: List[str] = []  # requests sent whose replies are not read yet
+        self._step_sent = False  # a fast step request awaits its reply
         self.allow_pickle = config.allow_pickle(allow_pickle)
         self._channel = wire.Channel.connect(
             address, token, timeout, config.spin_us(), self.allow_pickle
@@ -67,14 +69,23 @@ class Client:
         local = self.address.path is not None or self.address.host in _LOOPBACK
         if not (local and layout.wants_shared_memory()):
             return
-        path = self.call("share_memory", layout.capacity)
+        # Single envs ask for a ring of observation slots beyond the first (obsring);
+        # the server makes the file of that size, we only map what it made.
+        slots = obsring.slots_for(layout.capacity) if layout.max_ring else 0
+        size = layout.capacity * (1 + slots)
+        path = self.call("share_memory", size)
         if path is None:
             return
-        mapping = sharedmem.attach(path, layout.capacity)
-        if self.call("share_memory_ready", mapping is not None) and mapping is not None:
-            layout.shm = self._channel.shm = mapping
-        elif mapping is not None:
-            mapping.close()
+        mapping = sharedmem.attach(path, size)
+        if not (self.call("share_memory_ready", mapping is not None) and mapping is not None):
+            if mapping is not None:
+                mapping.close()
+            return
+        layout.shm = mapping
+        # General replies use the first slot only: the others may be in the agent's hands.
+        self._channel.shm = memoryview(mapping)[: layout.capacity] if slots else mapping
+        if slots:
+            layout.ring = obsring.Ring(mapping, layout.capacity, slots)
 
     def call(self, op: str, *args: Any) -> Any:
         """Run op on the server; remote exceptions re-raise as RemoteEnvError."""
@@ -83,16 +94,60 @@ class Client:
             self._channel.send([op, *args])
             return self._unwrap(op, self._channel.recv())
 
+        if self._posted:
+            self.collect()
         return self._guarded(op, exchange)
+
+    def post(self, op: str, *args: Any) -> None:
+        """Send op without waiting for its reply; the next call reads it (and raises its error).
+
+        The server answers requests in order, so the agent can go on with its own
+        work while the server runs op.
+        """
+        self._guarded(op, lambda: self._channel.send([op, *args]))
+        self._posted.append(op)
+
+    def collect(self) -> None:
+        """Read the replies to posted requests; raise the first error among them."""
+        posted, self._posted = self._posted, []
+        failure: Optional[BaseException] = None
+        for op in posted:
+            try:
+                self._guarded(op, lambda op=op: self._unwrap(op, self._channel.recv()))
+            except RemoteEnvError as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
 
     def step(self, action: Any) -> Any:
         """A step, in the fast layout when the action fits it; the result as a sequence."""
+        self.step_send(action)
+        return self.step_receive()
+
+    def step_send(self, action: Any) -> None:
+        """Send a step request; step_receive() returns its result."""
+        if self._posted:
+            self.collect()
         request = self.layout.encode_action(action) if self.layout is not None else None
         if request is None or self.broken:
-            return self.call("step", action)
-        channel = self._channel
+            self.post("step", action)
+            return
         try:  # inline rather than through _guarded: this is the hot path
-            channel.send_parts(wire.FAST_STEP, [request], len(request))
+            self._channel.send_parts(wire.FAST_STEP, [request], len(request))
+        except (PortalConnectionError, OSError) as exc:
+            raise self._lost("step", exc) from exc
+        self._step_sent = True
+
+    def step_receive(self) -> Any:
+        """The result of the step step_send() sent, as a sequence."""
+        if not self._step_sent:  # sent as a general call
+            if self._posted[-1:] != ["step"]:
+                raise RuntimeError("step_receive() without a step_send() before it")
+            self._posted.pop()
+            return self._guarded("step", lambda: self._unwrap("step", self._channel.recv()))
+        self._step_sent = False
+        channel = self._channel
+        try:
             kind, payload = channel.recv_frame()
         except (PortalConnectionError, OSError) as exc:
             raise self._lost("step", exc) from exc
@@ -108,30 +163,6 @@ class Client:
         if kind != wire.GENERAL:
             raise ProtocolError(f"unexpected frame kind {kind} from {self.address}")
         return self._unwrap("step", channel.decode(payload))
-
-    def send_step(self, action: Any) -> None:
-        """The first half of step(): send the request only (for stepping several servers
-        at once: send to each, then recv_step() from each). Returns before the reply."""
-        if self.broken:
-            self._guarded("step", lambda: None)  # raises: the connection was lost earlier
-        request = self.layout.encode_action(action) if self.layout is not None else None
-        try:
-            if request is None:
-                self._channel.send(["step", action])
-            else:
-                self._channel.send_parts(wire.FAST_STEP, [request], len(request))
-        except (PortalConnectionError, OSError) as exc:
-            raise self._lost("step", exc) from exc
-
-    def recv_step(self) -> Any:
-        """The second half of step(): the result of the request send_step() sent."""
-        try:
-            kind, payload = self._channel.recv_frame()
-        except (PortalConnectionError, OSError) as exc:
-            raise self._lost("step", exc) from exc
-        if kind == wire.FAST_REPLY:
-            return self.layout.decode_result(payload)
-        return self._unwrap("step", self._channel.decode(payload))
 
     def _guarded(self, op: str, exchange: Callable[[], Any]) -> Any:
         if self.broken:

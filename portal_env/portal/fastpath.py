@@ -19,10 +19,13 @@ from gymnasium import spaces as gs
 from gymnasium.vector.utils import batch_space
 
 from ..errors import ProtocolError
-from . import codec, sharedmem
+from . import codec, infopack, obsring, sharedmem
 
-_HEAD = struct.Struct("<BBBBxxxxd")  # reward kind, terminated, truncated, flags, reward
-_HAS_INFO, _OBS_SHARED = 1, 2  # flags
+# reward kind, terminated, truncated, flags, ring slot the obs is in (0: none), reward
+_HEAD = struct.Struct("<BBBBBxxxd")
+# flags: an info follows; the obs is in shared memory; the info is packed by the learnt
+# schema (infopack); the info went through the codec and both sides learn its schema.
+_HAS_INFO, _OBS_SHARED, _INFO_PACKED, _INFO_LEARN = 1, 2, 4, 8
 _ZEROS = bytes(codec.ALIGN)
 _SMALL = 4096
 _INT64 = np.dtype(np.int64)
@@ -31,7 +34,9 @@ _REWARD_TYPES = {float: _FLOAT, int: _INT, np.float64: _NP_FLOAT64, np.float32: 
 _REWARD_MAKERS = (float, int, np.float64, np.float32)
 _FLAG_KINDS = {(bool, False): 0, (bool, True): 1, (np.bool_, False): 2, (np.bool_, True): 3}
 _FLAG_VALUES = (False, True, np.False_, np.True_)
+# A request's first byte: the action's tag in the low 4 bits, the ring slot asked for above.
 _ACTION_INT, _ACTION_SCALAR, _ACTION_ARRAY = b"\x00", b"\x01", b"\x02"
+_TAGS = [bytes([i]) for i in range(256)]
 Parts = Tuple[List[Any], int]
 
 
@@ -62,8 +67,10 @@ class Slot:
             return value.tobytes()
         return codec.array_bytes(value)
 
-    def share(self, value: np.ndarray, shm: Any) -> None:
-        np.frombuffer(shm, self.dtype, self.count).reshape(self.shape)[...] = value
+    def share(self, value: np.ndarray, shm: Any, offset: int = 0) -> None:
+        target = np.frombuffer(shm, self.dtype, self.count, offset).reshape(self.shape)
+        if value.ctypes.data != target.ctypes.data:  # else workers wrote it there already
+            target[...] = value
 
     def unshare(self, shm: Any) -> np.ndarray:
         return np.frombuffer(shm, self.dtype, self.count).reshape(self.shape).copy()
@@ -105,9 +112,13 @@ class _Layout:
 
     obs: Optional[Slot]
 
-    def __init__(self, observation_space: Any) -> None:
+    def __init__(self, observation_space: Any, many_infos: bool) -> None:
         self.capacity = shared_capacity(observation_space)
         self.shm: Any = None
+        self.ring: Optional[obsring.Ring] = None  # the agent's view slots (single envs)
+        self.ring_slots = 0  # slots beyond the scratch one that shm holds
+        self.slot = 0  # the ring slot the current step's obs goes to
+        self.infos = infopack.InfoPacker(many_infos)
         self._encoder = codec.Encoder()
         self._decoder = codec.Decoder()
 
@@ -122,7 +133,7 @@ class _Layout:
     def _put_obs(self, obs: np.ndarray, parts: List[Any]) -> Tuple[int, int]:
         """Place obs in shared memory or in parts; (flags that say where, bytes added)."""
         if self.shm is not None:  # sized from the same space: the obs always fits
-            self.obs.share(obs, self.shm)
+            self.obs.share(obs, self.shm, self.slot * self.capacity)
             return _OBS_SHARED, 0
         parts += [Slot.raw(obs), self.obs.pad()]
         return 0, self.obs.padded
@@ -132,8 +143,33 @@ class _Layout:
         if flags & _OBS_SHARED:
             if self.shm is None:
                 raise ProtocolError("step reply in shared memory that was never agreed")
+            slot = payload[4]  # the header's ring slot
+            if slot:
+                if self.ring is None or slot != self.slot:
+                    raise ProtocolError(f"step reply in ring slot {slot}, not the one asked for")
+                obs = self.obs
+                return self.ring.view(slot, obs.dtype, obs.count, obs.shape), _HEAD.size
             return self.obs.unshare(self.shm), _HEAD.size
         return self.obs.read(payload, _HEAD.size), _HEAD.size + self.obs.padded
+
+    def _put_info(self, info: Any, parts: List[Any], size: int) -> Tuple[int, int]:
+        """Append info packed by the learnt schema, else by the codec; (flags, new size)."""
+        packed = self.infos.pack(info)
+        if packed is not None:
+            parts += [packed]
+            return _HAS_INFO | _INFO_PACKED, size + len(packed)
+        self.infos.learn(info)
+        return _HAS_INFO | _INFO_LEARN, self._pack_tail(parts, size, info)
+
+    def _get_info(self, payload: Any, offset: int, flags: int) -> Any:
+        if flags & _INFO_PACKED:
+            if not self.infos.size or len(payload) - offset != self.infos.size:
+                raise ProtocolError("packed step info that does not match the learnt schema")
+            return self.infos.unpack(memoryview(payload)[offset:])
+        info = self._read_tail(payload, offset)
+        if flags & _INFO_LEARN:
+            self.infos.learn(info)
+        return info
 
     def _pack_tail(self, parts: List[Any], size: int, tail: Any) -> int:
         tail_parts, tail_size = self._encoder.encode(tail)
@@ -148,7 +184,7 @@ class EnvLayout(_Layout):
     """Step layout of a single env: action → (obs, reward, terminated, truncated, info)."""
 
     def __init__(self, observation_space: Any, action_space: Any) -> None:
-        super().__init__(observation_space)
+        super().__init__(observation_space, many_infos=False)
         self.obs = slot_for(observation_space)
         self.action = slot_for(action_space)
         action = self.action
@@ -156,7 +192,31 @@ class EnvLayout(_Layout):
 
     # -- requests ----------------------------------------------------------
 
+    max_ring = 15  # ring slots a request's first byte can name
+
+    _fresh = False
+
+    def obs_target(self) -> Optional[np.ndarray]:
+        """Where the reply to the fast request just decoded puts its obs in shared memory.
+
+        None unless such a request is being answered (a general-codec step must
+        not write into a ring slot the agent may still hold).
+        """
+        if not self._fresh or self.shm is None or self.obs is None:
+            return None
+        self._fresh = False
+        obs = self.obs
+        offset = self.slot * self.capacity
+        return np.frombuffer(self.shm, obs.dtype, obs.count, offset).reshape(obs.shape)
+
     def encode_action(self, action: Any) -> Optional[bytes]:
+        request = self._encode_action(action)
+        if request is None or self.ring is None:
+            return request
+        self.slot = self.ring.free_slot()
+        return _TAGS[request[0] | self.slot << 4] + request[1:] if self.slot else request
+
+    def _encode_action(self, action: Any) -> Optional[bytes]:
         slot, kind = self.action, type(action)
         if slot is None:
             return None
@@ -173,7 +233,11 @@ class EnvLayout(_Layout):
         slot = self.action
         if slot is None or len(payload) < 1:
             raise ProtocolError("fast step request for an env without a fast layout")
-        tag = payload[:1]
+        self.slot = payload[0] >> 4
+        self._fresh = True  # obs_target() may be used for this request's reply
+        if self.slot > self.ring_slots:
+            raise ProtocolError(f"fast step request for ring slot {self.slot} of {self.ring_slots}")
+        tag = _TAGS[payload[0] & 15]
         if tag == _ACTION_INT and len(payload) == 9:
             return int.from_bytes(payload[1:9], "little", signed=True)
         if tag == _ACTION_SCALAR and len(payload) == 1 + slot.nbytes:
@@ -201,21 +265,22 @@ class EnvLayout(_Layout):
             return None
         parts: List[Any] = [b""]
         flags, size = self._put_obs(obs, parts)
-        flags |= _HAS_INFO if info else 0
-        parts[0] = _HEAD.pack(reward_kind, term, trunc, flags, reward)
         size += _HEAD.size
         if info:
-            size = self._pack_tail(parts, size, info)
+            info_flags, size = self._put_info(info, parts, size)
+            flags |= info_flags
+        slot = self.slot if flags & _OBS_SHARED else 0
+        parts[0] = _HEAD.pack(reward_kind, term, trunc, flags, slot, reward)
         return parts, size
 
     def decode_result(self, payload: Any) -> Tuple[Any, ...]:
         if self.obs is None or len(payload) < _HEAD.size:
             raise ProtocolError("fast step reply for an env without a fast layout")
-        reward_kind, term, trunc, flags, reward = _HEAD.unpack_from(payload)
+        reward_kind, term, trunc, flags, _, reward = _HEAD.unpack_from(payload)
         if reward_kind > 3 or term > 3 or trunc > 3:
             raise ProtocolError("malformed fast step reply header")
         obs, end = self._get_obs(payload, flags)
-        info = self._read_tail(payload, end) if flags & _HAS_INFO else {}
+        info = self._get_info(payload, end, flags) if flags & _HAS_INFO else {}
         reward = _REWARD_MAKERS[reward_kind](reward)
         return obs, reward, _FLAG_VALUES[term], _FLAG_VALUES[trunc], info
 
@@ -223,8 +288,10 @@ class EnvLayout(_Layout):
 class VectorLayout(_Layout):
     """Step layout of N envs: actions → (obs, rewards, terminations, truncations, infos)."""
 
+    max_ring = 0  # the batch has one place in shared memory
+
     def __init__(self, observation_space: Any, action_space: Any, num_envs: int) -> None:
-        super().__init__(batch_space(observation_space, num_envs))
+        super().__init__(batch_space(observation_space, num_envs), many_infos=True)
         obs = slot_for(observation_space)
         action = slot_for(action_space)
         self.obs = slot_for(batch_space(observation_space, num_envs)) if obs else None
@@ -254,14 +321,14 @@ class VectorLayout(_Layout):
             return None
         parts: List[Any] = [b""]
         flags, size = self._put_obs(obs, parts)
-        flags |= _HAS_INFO if any(infos) else 0
-        parts[0] = _HEAD.pack(0, 0, 0, flags, 0.0)
         for value, slot in ((rewards, self.rewards), (terminations, self.flags)):
             parts += [Slot.raw(value), slot.pad()]
         parts += [Slot.raw(truncations), self.flags.pad()]
         size += _HEAD.size + self.rewards.padded + 2 * self.flags.padded
-        if flags & _HAS_INFO:
-            size = self._pack_tail(parts, size, infos)
+        if any(infos):
+            info_flags, size = self._put_info(infos, parts, size)
+            flags |= info_flags
+        parts[0] = _HEAD.pack(0, 0, 0, flags, 0, 0.0)
         return parts, size
 
     def decode_result(self, payload: Any) -> List[Any]:
@@ -274,5 +341,5 @@ class VectorLayout(_Layout):
             values.append(slot.read(payload, offset))
             offset += slot.padded
         n = self.rewards.shape[0]
-        values.append(self._read_tail(payload, offset) if flags & _HAS_INFO else [{}] * n)
+        values.append(self._get_info(payload, offset, flags) if flags & _HAS_INFO else [{}] * n)
         return values

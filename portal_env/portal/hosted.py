@@ -6,44 +6,22 @@ standard library, numpy and gymnasium here.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence
+import os
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
 
-from . import fastpath, spaces
-
-EnvFactory = Callable[..., Any]
-
-
-def _get_attr(env: Any, name: str) -> Any:
-    # gymnasium>=1.0 wrappers no longer forward attribute access to the inner env.
-    getter = getattr(env, "get_wrapper_attr", None)
-    return getter(name) if getter else getattr(env, name)
+from . import asyncsteps, batchmem, fastpath, screenbuf, spaces, workers
+from .shard import EnvFactory, Shard, call, get_attr, set_attr
 
 
-def _set_attr(env: Any, name: str, value: Any) -> None:
-    setter = getattr(env, "set_wrapper_attr", None)
-    if setter:
-        setter(name, value)
-    else:
-        setattr(env.unwrapped, name, value)
-
-
-def _call(env: Any, name: str, args: Sequence[Any], kwargs: Dict[str, Any]) -> Any:
-    attr = _get_attr(env, name)
-    return attr(*args, **kwargs) if callable(attr) else attr
-
-
-def _describe(env: Any) -> Dict[str, Any]:
-    spec = getattr(env, "spec", None)
-    return {
-        "observation_space": spaces.encode_space(env.observation_space),
-        "action_space": spaces.encode_space(env.action_space),
-        "metadata": dict(getattr(env, "metadata", {}) or {}),
-        "render_mode": getattr(env, "render_mode", None),
-        "spec_id": getattr(spec, "id", None),
-    }
+def _describe(facts: Dict[str, Any]) -> Dict[str, Any]:
+    return dict(
+        facts,
+        observation_space=spaces.encode_space(facts["observation_space"]),
+        action_space=spaces.encode_space(facts["action_space"]),
+    )
 
 
 class HostedEnv:
@@ -51,106 +29,235 @@ class HostedEnv:
 
     def __init__(self, factory: EnvFactory, args: Sequence[Any], kwargs: Dict[str, Any]) -> None:
         self.env = factory(*args, **kwargs)
+        self._into = screenbuf.find_hook(self.env)  # the env can write into shared memory
+        self._layout: Optional[fastpath.EnvLayout] = None
 
     def describe(self) -> Dict[str, Any]:
-        return _describe(self.env)
+        env = self.env
+        return _describe(
+            {
+                "observation_space": env.observation_space,
+                "action_space": env.action_space,
+                "metadata": dict(getattr(env, "metadata", {}) or {}),
+                "render_mode": getattr(env, "render_mode", None),
+                "spec_id": getattr(getattr(env, "spec", None), "id", None),
+            }
+        )
 
     def layout(self) -> fastpath.EnvLayout:
-        return fastpath.EnvLayout(self.env.observation_space, self.env.action_space)
+        self._layout = fastpath.EnvLayout(self.env.observation_space, self.env.action_space)
+        return self._layout
 
     def reset(self, seed: Optional[int], options: Optional[dict]) -> Any:
         return self.env.reset(seed=seed, options=options)
 
     def step(self, action: Any) -> Any:
-        return self.env.step(action)
+        target = self._layout.obs_target() if self._into and self._layout else None
+        if target is None:
+            return self.env.step(action)
+        self._into(target)  # a fast-path step: the env writes its frame where the agent reads
+        try:
+            return self.env.step(action)
+        finally:
+            self._into(None)
 
     def render(self) -> Any:
         return self.env.render()
 
     def call(self, name: str, args: Sequence[Any], kwargs: Dict[str, Any]) -> Any:
-        return _call(self.env, name, args, kwargs)
+        return call(self.env, name, args, kwargs)
 
     def get_attr(self, name: str) -> Any:
-        return _get_attr(self.env, name)
+        return get_attr(self.env, name)
 
     def set_attr(self, name: str, value: Any) -> None:
-        _set_attr(self.env, name, value)
+        set_attr(self.env, name, value)
 
     def close(self) -> None:
         self.env.close()
 
 
+def resolve_workers(num_workers: Optional[int], num_envs: int) -> int:
+    """How many worker processes a vector env of num_envs gets; 0 steps it in the server thread.
+
+    By default one per available core, at most one per instance; with a single
+    core a worker would only add hand-offs, so the server thread steps them.
+    """
+    if not isinstance(num_envs, int) or num_envs < 1:
+        raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
+    if num_workers is None:
+        count = min(workers.available_cores(), num_envs)
+        return count if count > 1 else 0
+    if not isinstance(num_workers, int) or not 0 <= num_workers <= num_envs:
+        raise ValueError(
+            f"num_workers must be an integer from 0 (step in the server thread) to "
+            f"num_envs={num_envs}, got {num_workers!r}"
+        )
+    return num_workers
+
+
 class HostedVectorEnv:
     """N instances stepped together, with gymnasium 1.x next-step autoreset.
 
-    Observations are batched here (one array per step crosses the wire); infos
-    go back as a list and are merged by the agent's own gymnasium.
+    With workers, each worker process steps a contiguous shard of the instances
+    and all shards step at once; observations land in one shared batch. With
+    none, the server thread steps them one after another. Infos go back as a
+    list and are merged by the agent's own gymnasium.
     """
 
     def __init__(
-        self, factory: EnvFactory, num_envs: int, args: Sequence[Any], kwargs: Dict[str, Any]
+        self,
+        factory: EnvFactory,
+        num_envs: int,
+        args: Sequence[Any],
+        kwargs: Dict[str, Any],
+        num_workers: Optional[int] = None,
     ) -> None:
-        if not isinstance(num_envs, int) or num_envs < 1:
-            raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
-        self.envs: List[Any] = []
+        count = resolve_workers(num_workers, num_envs)
+        self.num_envs = num_envs
+        self.local: Optional[Shard] = None
+        self.workers: List[workers.Worker] = []
+        self.batch: Optional[batchmem.SharedBatch] = None
+        self.step_obs: Optional[np.ndarray] = None  # the agent's mapping, when workers write it
+        if count == 0:
+            self.local = Shard(factory, args, kwargs, 0, num_envs)
+            self.facts = self.local.facts()
+        else:
+            self._start_workers(factory, args, kwargs, count)
+        self.single_observation_space = self.facts["observation_space"]
+        self.action_space = batch_space(self.facts["action_space"], num_envs)
+        self.pending = asyncsteps.AsyncSteps(self)
+
+    def extra_ops(self) -> Dict[str, Any]:
+        """Requests beyond the single-env ones: EnvPool-style async stepping."""
+        return {
+            "async_reset": self.pending.reset,
+            "send": self.pending.send,
+            "recv": self.pending.recv,
+        }
+
+    def _start_workers(
+        self, factory: EnvFactory, args: Sequence[Any], kwargs: Dict[str, Any], count: int
+    ) -> None:
+        fd = batchmem.anonymous_file(0)
         try:
-            for _ in range(num_envs):
-                self.envs.append(factory(*args, **kwargs))
+            self.workers = workers.start(
+                factory, args, kwargs, workers.split(self.num_envs, count), fd
+            )
+            self.facts = self.workers[0].facts
+            space = self.facts["observation_space"]
+            size = batchmem.batch_bytes(space, self.num_envs)
+            if size is not None:
+                os.ftruncate(fd, size)
+                self.batch = batchmem.SharedBatch(space, self.num_envs, fd)
+            for worker in self.workers:
+                worker.send("attach", (fd, space if size is not None else None, self.num_envs))
+            workers.gather(self.workers, "attach")
         except BaseException:
             self.close()
             raise
-        first = self.envs[0]
-        self.single_observation_space = first.observation_space
-        self.action_space = batch_space(first.action_space, num_envs)
-        self.autoreset = np.zeros(num_envs, dtype=np.bool_)
+        finally:
+            os.close(fd)
+
+    def adopt_agent_memory(self, fd: int, layout: Any) -> None:
+        """Have the workers write step observations into the mapping shared with the agent.
+
+        fd is a descriptor of the file the server made for it (server.Session);
+        each worker gets a duplicate over its pipe and maps that, never a path.
+        Only where the step layout keeps a plain observation array at its start
+        (what fastpath.Slot.share writes); the reply then needs no copy here.
+        """
+        if not self.workers or layout.obs is None or layout.shm is None:
+            return
+        slot = layout.obs
+        for worker in self.workers:
+            worker.send("adopt_agent_memory", (len(layout.shm), slot.dtype, slot.shape))
+            worker.send_fd("adopt_agent_memory", fd)
+        if not all(workers.gather(self.workers, "adopt_agent_memory")):
+            for worker in self.workers:
+                worker.send("adopt_agent_memory", None)
+            workers.gather(self.workers, "adopt_agent_memory")
+            return  # observations then go through the shared batch, as for TCP
+        self.step_obs = np.frombuffer(layout.shm, slot.dtype, slot.count).reshape(slot.shape)
 
     def describe(self) -> Dict[str, Any]:
-        return _describe(self.envs[0])
+        return _describe(self.facts)
 
     def layout(self) -> fastpath.VectorLayout:
-        first = self.envs[0]
-        return fastpath.VectorLayout(first.observation_space, first.action_space, len(self.envs))
+        return fastpath.VectorLayout(
+            self.facts["observation_space"], self.facts["action_space"], self.num_envs
+        )
 
-    def _batch(self, observations: Sequence[Any]) -> Any:
-        out = create_empty_array(self.single_observation_space, len(self.envs), fn=np.empty)
+    def _batch(self, shard_observations: Sequence[Any]) -> Any:
+        if self.batch is not None:
+            return self.batch.arrays  # the workers wrote into it
+        observations = [obs for part in shard_observations for obs in part]
+        out = create_empty_array(self.single_observation_space, self.num_envs, fn=np.empty)
         return concatenate(self.single_observation_space, observations, out)
 
+    def _each_shard(self, op: str, per_instance: Optional[Sequence[Any]], *args: Any) -> List[Any]:
+        """Run op on every shard at once; per_instance values are split among the shards."""
+        self.pending.check_idle(op)
+        if self.local is not None:
+            if op == "step":
+                return [self.local.step(per_instance)]
+            if op == "reset":
+                return [self.local.reset(per_instance, *args)]
+            return [self.local.each(op, *args)]
+        for worker in self.workers:
+            if per_instance is None:
+                worker.send(op, args)
+            else:
+                part = per_instance[worker.instances.start : worker.instances.stop]
+                worker.send(op, part if op == "step" else (part, *args))
+        return workers.gather(self.workers, op)
+
     def reset(self, seeds: Sequence[Optional[int]], options: Optional[dict]) -> Any:
-        if len(seeds) != len(self.envs):
-            raise ValueError(f"got {len(seeds)} seeds for {len(self.envs)} envs")
-        results = [env.reset(seed=s, options=options) for env, s in zip(self.envs, seeds)]
-        self.autoreset[:] = False
-        return [self._batch([r[0] for r in results]), [r[1] for r in results]]
+        if len(seeds) != self.num_envs:
+            raise ValueError(f"got {len(seeds)} seeds for {self.num_envs} envs")
+        results = self._each_shard("reset", list(seeds), options)
+        infos = [info for part in results for info in part[1]]
+        return [self._batch([part[0] for part in results]), infos]
 
     def step(self, actions: Any) -> Any:
-        n = len(self.envs)
-        observations, infos = [], []
-        rewards = np.zeros(n, dtype=np.float64)
-        terminations = np.zeros(n, dtype=np.bool_)
-        truncations = np.zeros(n, dtype=np.bool_)
-        for i, (env, action) in enumerate(zip(self.envs, iterate(self.action_space, actions))):
-            if self.autoreset[i]:
-                obs, info = env.reset()
-            else:
-                obs, rewards[i], terminations[i], truncations[i], info = env.step(action)
-            observations.append(obs)
-            infos.append(info)
-        self.autoreset = terminations | truncations
-        return [self._batch(observations), rewards, terminations, truncations, infos]
+        per_instance = list(iterate(self.action_space, actions))
+        results = self._each_shard("step", per_instance)
+        rewards, terminations, truncations = (
+            np.concatenate([part[k] for part in results]) for k in (1, 2, 3)
+        )
+        infos = [info for part in results for info in part[4]]
+        if self.step_obs is not None:
+            return [self.step_obs, rewards, terminations, truncations, infos]
+        obs = self._batch([part[0] for part in results])
+        return [obs, rewards, terminations, truncations, infos]
+
+    def _gathered(self, op: str, *args: Any) -> tuple:
+        return tuple(value for part in self._each_shard(op, None, *args) for value in part)
 
     def render(self) -> Any:
-        return tuple(env.render() for env in self.envs)
+        return self._gathered("render")
 
     def call(self, name: str, args: Sequence[Any], kwargs: Dict[str, Any]) -> Any:
-        return tuple(_call(env, name, args, kwargs) for env in self.envs)
+        return self._gathered("call", name, args, kwargs)
 
     def get_attr(self, name: str) -> Any:
-        return tuple(_get_attr(env, name) for env in self.envs)
+        return self._gathered("get_attr", name)
 
     def set_attr(self, name: str, values: Sequence[Any]) -> None:
-        for env, value in zip(self.envs, values):
-            _set_attr(env, name, value)
+        if len(values) != self.num_envs:
+            raise ValueError(f"set_attr got {len(values)} values for {self.num_envs} envs")
+        self.pending.check_idle("set_attr")
+        if self.local is not None:
+            self.local.each("set_attr", name, values)
+            return
+        for worker in self.workers:
+            worker.send("set_attr", (name, values[worker.instances.start : worker.instances.stop]))
+        workers.gather(self.workers, "set_attr")
 
     def close(self) -> None:
-        for env in self.envs:
-            env.close()
+        if self.local is not None:
+            self.local.close()
+        for worker in self.workers:
+            worker.close()
+        if self.batch is not None:
+            self.batch.close()

@@ -150,14 +150,14 @@ class MultiServerVectorEnv(gymnasium.vector.VectorEnv):
         sent, lost = [], []
         for i, (part, lo, n) in enumerate(zip(self._parts, self.offsets, self.sizes)):
             try:
-                part._client.send_step(_take(self.single_action_space, actions, lo, lo + n))
+                part._client.step_send(_take(self.single_action_space, actions, lo, lo + n))
                 sent.append(i)
             except PortalConnectionError as exc:
                 lost.append((i, exc))
         results = []
         for i in sent:
             try:
-                results.append(self._parts[i]._client.recv_step())
+                results.append(self._parts[i]._client.step_receive())
             except PortalConnectionError as exc:
                 lost.append((i, exc))
         if lost:

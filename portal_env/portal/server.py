@@ -43,6 +43,8 @@ def _error_reply(exc: BaseException) -> List[Any]:
 
 # Requests a connection's env answers (reset and step are wrapped in _host).
 _ENV_OPS = ("reset", "step", "render", "call", "get_attr", "set_attr")
+# Requests only a vector env answers (its extra_ops).
+_VEC_OPS = ("async_reset", "send", "recv")
 
 # Every request the server answers, with the types of its arguments (`object`: any
 # value, checked by the env itself). A request that does not match is answered
@@ -50,7 +52,7 @@ _ENV_OPS = ("reset", "step", "render", "call", "get_attr", "set_attr")
 _OP_ARGS: Dict[str, Tuple[type, ...]] = {
     "ping": (),
     "make": (list, dict),
-    "make_vec": (int, list, dict),
+    "make_vec": (int, list, dict, int),  # the last (num_workers) may be left out
     "share_memory": (int,),
     "share_memory_ready": (bool,),
     "close": (),
@@ -60,7 +62,12 @@ _OP_ARGS: Dict[str, Tuple[type, ...]] = {
     "call": (str, list, dict),
     "get_attr": (str,),
     "set_attr": (str, object),
+    # A vector env's EnvPool-style async stepping (HostedVectorEnv.extra_ops).
+    "async_reset": (list, object),
+    "send": (list, object),
+    "recv": (int,),
 }
+_OPTIONAL = {"make_vec": 1}  # how many trailing arguments a request may leave out
 _KWARGS_AT = {"make": 1, "make_vec": 2, "call": 2}  # where a **kwargs dict is
 
 
@@ -72,8 +79,10 @@ def parse_request(request: Any) -> Tuple[str, List[Any]]:
     types = _OP_ARGS.get(op) if type(op) is str else None
     if types is None:
         raise ProtocolError(f"unknown request {op!r:.80}")
-    if len(args) != len(types):
-        raise ProtocolError(f"request {op!r} takes {len(types)} arguments, got {len(args)}")
+    least = len(types) - _OPTIONAL.get(op, 0)
+    if not least <= len(args) <= len(types):
+        takes = f"{least} to {len(types)}" if least < len(types) else str(len(types))
+        raise ProtocolError(f"request {op!r} takes {takes} arguments, got {len(args)}")
     for i, (arg, kind) in enumerate(zip(args, types)):
         if kind is not object and not (type(arg) is kind or (kind is int and _is_int(arg))):
             raise ProtocolError(
@@ -99,7 +108,7 @@ class Session:
         self.hosted: Any = None
         self.layout: Any = None
         self.finished = False
-        self._offered: Any = None  # (path, mapping) offered to the agent, not yet answered
+        self._offered: Any = None  # (path, mapping, ring slots) offered, not yet answered
         self._ops: dict = {
             "ping": lambda: "pong",
             "make": self.make,
@@ -117,6 +126,13 @@ class Session:
 
         return op
 
+    @staticmethod
+    def _single_env(name: str) -> Callable[..., Any]:
+        def op(*args: Any) -> Any:
+            raise PortalEnvError(f"'{name}' needs a vector env (make_vec); this one is single")
+
+        return op
+
     def _host(self, hosted: Any) -> dict:
         self.hosted = hosted
         for name in _ENV_OPS:
@@ -125,6 +141,9 @@ class Session:
         # nested tuple (a second msgpack pass) off the step path.
         self._ops["reset"] = lambda *args: list(hosted.reset(*args))
         self._ops["step"] = lambda action: list(hosted.step(action))
+        extra = getattr(hosted, "extra_ops", dict)()  # a vector env's async stepping
+        for name in _VEC_OPS:
+            self._ops[name] = extra.get(name) or self._single_env(name)
         self.layout = hosted.layout()
         if self.channel is not None:
             self.layout.allow_pickle(self.channel.allow_pickle)
@@ -138,14 +157,17 @@ class Session:
         """
         layout = self.layout
         self._withdraw_offer()
-        if layout is None or not layout.wants_shared_memory() or size != layout.capacity:
+        if layout is None or not layout.wants_shared_memory() or size % layout.capacity:
+            return None
+        ring = size // layout.capacity - 1  # observation slots beyond the first (single envs)
+        if not 0 <= ring <= layout.max_ring:
             return None
         try:
             path, mapping = sharedmem.create(size)
         except OSError as exc:  # no /dev/shm, or full: the socket carries observations
             logger.info("no shared memory for observations (%s); using the socket", exc)
             return None
-        self._offered = (path, mapping)
+        self._offered = (path, mapping, ring)
         return path
 
     def share_memory_ready(self, accepted: bool) -> bool:
@@ -153,15 +175,31 @@ class Session:
         offered, self._offered = self._offered, None
         if offered is None:
             return False
-        path, mapping = offered
-        sharedmem.remove(path)  # both sides have it mapped (or not): nothing to leak
-        if not accepted or self.layout is None:
-            mapping.close()
-            return False
-        self.layout.shm = mapping
+        path, mapping, ring = offered
+        try:
+            if not accepted or self.layout is None:
+                mapping.close()
+                return False
+            self._use_memory(path, mapping, ring)
+            return True
+        finally:
+            sharedmem.remove(path)  # both sides have it mapped (or not): nothing to leak
+
+    def _use_memory(self, path: str, mapping: Any, ring: int) -> None:
+        layout = self.layout
+        layout.shm, layout.ring_slots = mapping, ring
         if self.channel is not None:
-            self.channel.shm = mapping
-        return True
+            # General replies use the first slot only: the others may be in the agent's hands.
+            self.channel.shm = memoryview(mapping)[: layout.capacity] if ring else mapping
+        adopt = getattr(self.hosted, "adopt_agent_memory", None)
+        if adopt is not None:
+            # Worker processes write step observations straight there. They get a
+            # descriptor of the file this server made (passed over their pipe), never a path.
+            fd = os.open(path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
+            try:
+                adopt(fd, layout)
+            finally:
+                os.close(fd)
 
     def _withdraw_offer(self) -> None:
         offered, self._offered = self._offered, None
@@ -179,9 +217,11 @@ class Session:
         self._drop()
         return self._host(HostedEnv(self.factory, args, kwargs))
 
-    def make_vec(self, num_envs: int, args: List[Any], kwargs: dict) -> dict:
+    def make_vec(
+        self, num_envs: int, args: List[Any], kwargs: dict, num_workers: Optional[int] = None
+    ) -> dict:
         self._drop()
-        return self._host(HostedVectorEnv(self.factory, num_envs, args, kwargs))
+        return self._host(HostedVectorEnv(self.factory, num_envs, args, kwargs, num_workers))
 
     def handle(self, request: Any) -> List[Any]:
         """Run one request; returns [0, result] or [1, (type, message, traceback)]."""
@@ -200,7 +240,7 @@ class Session:
         hosted, self.hosted, self.layout = self.hosted, None, None
         if self.channel is not None:
             self.channel.shm = None  # sized for the env that is going
-        for name in _ENV_OPS:
+        for name in _ENV_OPS + _VEC_OPS:
             self._ops[name] = self._no_env(name)
         if hosted is not None:
             hosted.close()

@@ -26,12 +26,21 @@ class PortalVectorEnv(gymnasium.vector.VectorEnv):
         address: Optional[str] = None,
         token: Optional[str] = None,
         timeout: Optional[float] = DEFAULT_TIMEOUT,
+        num_workers: Optional[int] = None,
+        batch_size: Optional[int] = None,
     ) -> None:
         self.env_name = env_name
         self.num_envs = num_envs
+        self.batch_size = num_envs if batch_size is None else batch_size
+        if not isinstance(self.batch_size, int) or not 1 <= self.batch_size <= num_envs:
+            raise ValueError(
+                f"batch_size must be from 1 to num_envs={num_envs}, got {batch_size!r}"
+            )
+        self._all_ids = list(range(num_envs))
         self._client = Client.for_env(env_name, address, token, agent_in_docker, timeout)
         args, kwargs = list(env_args or []), dict(env_kwargs or {})
-        description = make_remote(self._client, env_name, args, kwargs, num_envs)
+        # num_workers None: the server picks (its cores)
+        description = make_remote(self._client, env_name, args, kwargs, num_envs, num_workers)
         self.single_observation_space = spaces.decode_space(description["observation_space"])
         self.single_action_space = spaces.decode_space(description["action_space"])
         self.observation_space = batch_space(self.single_observation_space, num_envs)
@@ -51,26 +60,66 @@ class PortalVectorEnv(gymnasium.vector.VectorEnv):
         seed: Optional[Union[int, List[Optional[int]]]] = None,
         options: Optional[Dict[str, Any]] = None,
     ) -> Tuple[Any, Dict[str, Any]]:
-        if seed is None:
-            seeds: List[Optional[int]] = [None] * self.num_envs
-        elif isinstance(seed, (int, np.integer)):
-            seeds = [int(seed) + i for i in range(self.num_envs)]
-        else:
-            seeds = list(seed)
-            if len(seeds) != self.num_envs:
-                raise ValueError(f"reset(seed=...) got {len(seeds)} seeds for {self.num_envs} envs")
-        obs, infos = self._client.call("reset", seeds, options)
+        obs, infos = self._client.call("reset", self._seeds(seed), options)
         return obs, self._merge(infos)
+
+    def _seeds(self, seed: Optional[Union[int, List[Optional[int]]]]) -> List[Optional[int]]:
+        if seed is None:
+            return [None] * self.num_envs
+        if isinstance(seed, (int, np.integer)):
+            return [int(seed) + i for i in range(self.num_envs)]
+        seeds = list(seed)
+        if len(seeds) != self.num_envs:
+            raise ValueError(f"reset(seed=...) got {len(seeds)} seeds for {self.num_envs} envs")
+        return seeds
 
     def step(self, actions: Any) -> Tuple[Any, Any, Any, Any, Dict[str, Any]]:
         obs, rewards, terminations, truncations, infos = self._client.step(actions)
         return obs, rewards, terminations, truncations, self._merge(infos)
 
-    def _merge(self, infos: List[Dict[str, Any]]) -> Dict[str, Any]:
+    def step_async(self, actions: Any) -> None:
+        """Start a step of every instance; step_wait() returns it. Work done in between
+        (e.g. the agent's inference) overlaps the envs' steps."""
+        self._client.step_send(actions)
+
+    def step_wait(self) -> Tuple[Any, Any, Any, Any, Dict[str, Any]]:
+        """The result of the step step_async() started."""
+        obs, rewards, terminations, truncations, infos = self._client.step_receive()
+        return obs, rewards, terminations, truncations, self._merge(infos)
+
+    # -- EnvPool-style asynchronous stepping ------------------------------------------------
+
+    def async_reset(
+        self,
+        *,
+        seed: Optional[Union[int, List[Optional[int]]]] = None,
+        options: Optional[Dict[str, Any]] = None,
+    ) -> None:
+        """Reset every instance without waiting; recv() returns them as they finish."""
+        self._client.post("async_reset", self._seeds(seed), options)
+
+    def send(self, actions: Any, env_ids: Optional[Sequence[int]] = None) -> None:
+        """Step the instances env_ids (default: all) with actions[k] for env_ids[k];
+        returns at once. Errors (a bad id, an env's exception) raise from the next recv()."""
+        ids = self._all_ids if env_ids is None else [int(i) for i in env_ids]
+        self._client.post("send", ids, actions)
+
+    def recv(self) -> Tuple[Any, Any, Any, Any, Dict[str, Any]]:
+        """The first batch_size instances to finish: obs, rewards, terminations,
+        truncations and infos batched along the first axis, info["env_id"] their ids."""
+        obs, rewards, terminations, truncations, infos, ids = self._client.call(
+            "recv", self.batch_size
+        )
+        merged = self._merge(infos, len(ids))
+        merged["env_id"] = ids
+        return obs, rewards, terminations, truncations, merged
+
+    def _merge(self, infos: List[Dict[str, Any]], rows: Optional[int] = None) -> Dict[str, Any]:
         merged: Dict[str, Any] = {}
+        target: Any = self if rows is None or rows == self.num_envs else _InfoRows(rows)
         for i, info in enumerate(infos):
             if info:
-                merged = self._add_info(merged, info, i)
+                merged = target._add_info(merged, info, i)
         return merged
 
     def render(self) -> Optional[Tuple[Any, ...]]:
@@ -99,6 +148,15 @@ class PortalVectorEnv(gymnasium.vector.VectorEnv):
         self.close()
 
 
+class _InfoRows:
+    """gymnasium's info merging for a batch of rows other than num_envs (a recv() batch)."""
+
+    _add_info = gymnasium.vector.VectorEnv._add_info
+
+    def __init__(self, num_envs: int) -> None:
+        self.num_envs = num_envs
+
+
 def make_vec(
     env_name: str,
     num_envs: int = 1,
@@ -108,11 +166,32 @@ def make_vec(
     address: Optional[str] = None,
     token: Optional[str] = None,
     timeout: Optional[float] = DEFAULT_TIMEOUT,
+    num_workers: Optional[int] = None,
+    batch_size: Optional[int] = None,
 ) -> PortalVectorEnv:
     """N instances of env_name's env as one gymnasium VectorEnv.
 
-    The arguments are those of AgentSidePortal, plus num_envs.
+    The arguments are those of AgentSidePortal, plus:
+
+    Args:
+        num_envs: How many env instances.
+        num_workers: Worker processes on the env's host, each stepping a contiguous
+            shard of the instances, all shards at once (default: one per core available
+            to the server, at most num_envs; 0 steps every instance in the server's
+            connection thread, one after another).
+        batch_size: How many instances recv() returns, EnvPool-style (default num_envs):
+            send(actions, env_ids) starts steps and returns at once, recv() returns the
+            first batch_size instances to finish with info["env_id"].
     """
     return PortalVectorEnv(
-        env_name, num_envs, env_args, env_kwargs, agent_in_docker, address, token, timeout
+        env_name,
+        num_envs,
+        env_args,
+        env_kwargs,
+        agent_in_docker,
+        address,
+        token,
+        timeout,
+        num_workers=num_workers,
+        batch_size=batch_size,
     )

@@ -27,8 +27,9 @@ from typing import Any, List, Optional, Tuple
 
 from ..errors import AuthenticationError, PortalConnectionError, PortalEnvError, ProtocolError
 from . import codec
+from . import spin as spin_policy
 
-MAGIC = b"PENV2"  # PENV1: the one-sided handshake of earlier versions
+MAGIC = b"PENV3"  # PENV2: before ring slots and packed infos in steps; PENV1: one-sided
 NONCE_BYTES = 32
 DIGEST_BYTES = 32
 ACCEPTED, REFUSED = b"OK", b"NO"
@@ -400,7 +401,8 @@ class Channel:
         self._buf[:leftover] = self._view[self._lo : self._hi]
         self._lo, self._hi = 0, leftover
         start = time.perf_counter_ns()
-        if not (self.spin_ns and self._wait_ns < self.spin_ns and self._spin(start)):
+        spin = self.spin_ns and self._wait_ns < self.spin_ns and spin_policy.spare_core()
+        if not (spin and self._spin(start)):
             while self._hi < _HEADER.size:
                 self._hi += self._recv_into(self._view[self._hi :])
         self._wait_ns = (3 * self._wait_ns + time.perf_counter_ns() - start) // 4

@@ -1,0 +1,132 @@
+"""EnvPool-style stepping of a vector env: send actions for some instances, receive the first
+M that finish, with their instance ids.
+
+The server thread only hands work to the worker processes and collects what they
+report; each worker steps its instances one by one and reports each as soon as
+it is done, so a fast instance never waits for a slow one.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
+
+from . import workers
+from .shard import InstanceError
+
+Result = Tuple[Any, ...]  # (index, obs or None, reward, terminated, truncated, info)
+
+
+class AsyncSteps:
+    """The instances of one hosted vector env that are stepping or wait to be received."""
+
+    def __init__(self, vec: Any) -> None:
+        self.vec = vec
+        self.in_flight = np.zeros(vec.num_envs, dtype=np.bool_)
+        self.done: Deque[Result] = deque()
+        self.failure: Optional[InstanceError] = None
+        self._action_spaces: Dict[int, Any] = {}
+
+    def check_idle(self, op: str) -> None:
+        """Raise if instances are in flight: op would mix their replies with its own."""
+        if self.in_flight.any():
+            ids = np.flatnonzero(self.in_flight).tolist()
+            raise RuntimeError(
+                f"'{op}' while instances {ids} were sent actions (or reset) and not yet "
+                "received; call recv() until they are all back first"
+            )
+
+    def _claim(self, env_ids: Sequence[Any]) -> List[int]:
+        ids = [int(i) for i in env_ids]
+        for i in ids:
+            if not 0 <= i < self.vec.num_envs:
+                raise ValueError(f"env_id {i} is out of range for {self.vec.num_envs} envs")
+            if self.in_flight[i]:
+                raise ValueError(f"env_id {i} was sent an action already; recv() it first")
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"env_ids {ids} name an instance twice")
+        self.in_flight[ids] = True
+        return ids
+
+    def send(self, env_ids: Sequence[Any], actions: Any) -> None:
+        ids = self._claim(env_ids)
+        space = self._action_spaces.get(len(ids))
+        if space is None:
+            space = batch_space(self.vec.facts["action_space"], len(ids))
+            self._action_spaces[len(ids)] = space
+        self._dispatch("step_each", list(zip(ids, iterate(space, actions))), None)
+
+    def reset(self, seeds: Sequence[Optional[int]], options: Optional[dict]) -> None:
+        ids = self._claim(range(self.vec.num_envs))
+        self._dispatch("reset_each", list(zip(ids, seeds)), options)
+
+    def _dispatch(self, op: str, items: List[Tuple[int, Any]], options: Any) -> None:
+        local = self.vec.local
+        if local is not None:  # no workers: step now, in this thread
+            for index, value in items:
+                try:
+                    one = local.step_one if op == "step_each" else local.reset_one
+                    self.done.append(one(index, value, *([options] if op != "step_each" else [])))
+                except Exception as exc:
+                    self._fail(index, exc)
+            return
+        for worker in self.vec.workers:
+            mine = [item for item in items if item[0] in worker.instances]
+            if mine:
+                worker.send(op, (mine, options))
+
+    def _fail(self, index: int, exc: Exception) -> None:
+        self.in_flight[index] = False
+        if self.failure is None:
+            if not isinstance(exc, InstanceError):
+                kind = type(exc)
+                exc = InstanceError(index, kind.__qualname__, str(exc), "")
+            self.failure = exc
+
+    def recv(self, count: int) -> List[Any]:
+        """The first count instances to finish: [obs, rewards, terms, truncs, infos, env_ids]."""
+        while len(self.done) < count and self.failure is None:
+            if int(self.in_flight.sum()) < count:
+                raise ValueError(
+                    f"recv() waits for {count} instances but only "
+                    f"{int(self.in_flight.sum())} were sent actions; send() more first"
+                )
+            for worker in workers.ready(self.vec.workers, None):
+                try:
+                    self.done.append(worker.receive("recv", wait=False))
+                except InstanceError as exc:
+                    self._fail(exc.index, exc)
+        if self.failure is not None:
+            failure, self.failure = self.failure, None
+            raise failure
+        return self._batch([self.done.popleft() for _ in range(count)])
+
+    def _batch(self, results: List[Result]) -> List[Any]:
+        ids = [r[0] for r in results]
+        self.in_flight[ids] = False
+        vec = self.vec
+        if vec.batch is not None:
+            obs = _take(vec.batch.arrays, ids)
+        else:
+            space = vec.single_observation_space
+            out = create_empty_array(space, len(ids), fn=np.empty)
+            obs = concatenate(space, [r[1] for r in results], out)
+        return [
+            obs,
+            np.array([r[2] for r in results], dtype=np.float64),
+            np.array([r[3] for r in results], dtype=np.bool_),
+            np.array([r[4] for r in results], dtype=np.bool_),
+            [r[5] for r in results],
+            np.array(ids, dtype=np.int32),  # EnvPool's dtype for info["env_id"]
+        ]
+
+
+def _take(tree: Any, ids: List[int]) -> Any:
+    if isinstance(tree, dict):
+        return {key: _take(value, ids) for key, value in tree.items()}
+    if isinstance(tree, tuple):
+        return tuple(_take(value, ids) for value in tree)
+    return tree[ids]  # a copy: the rows may be overwritten by the next steps

@@ -1,0 +1,37 @@
+"""Whether busy-polling can pay off right now: only while the machine has a spare core.
+
+A receiver that polls instead of blocking saves a wake-up (tens of microseconds
+on a virtual machine), but only if the peer it waits for is running on another
+core meanwhile. When every core is taken (workers stepping envs, other jobs),
+polling steals the very core the peer needs, so a receiver then blocks at once.
+The kernel's count of runnable tasks (the fourth field of /proc/loadavg,
+"running/total") tells; it is read at most every CHECK_S seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+CHECK_S = 0.02
+_LOADAVG = "/proc/loadavg"
+_cores = os.cpu_count() or 1
+_state = {"until": 0.0, "spare": True}
+
+
+def runnable() -> int:
+    """Tasks running or waiting for a core right now, this one included; 0 if unknown."""
+    try:
+        with open(_LOADAVG, "rb") as f:
+            return int(f.read().split()[3].split(b"/")[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def spare_core() -> bool:
+    """True unless every core is busy (more runnable tasks than cores); cached CHECK_S."""
+    now = time.monotonic()
+    if now >= _state["until"]:
+        _state["spare"] = runnable() <= _cores
+        _state["until"] = now + CHECK_S
+    return _state["spare"]

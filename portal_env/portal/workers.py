@@ -1,0 +1,408 @@
+"""Worker processes that each own a shard of a vector env, inside the env's runtime.
+
+Why fork (not spawn or forkserver): the env factory is whatever env_main.py gave
+EnvSidePortal, often a lambda or a closure, and only fork hands it to a child
+without pickling it; a forked worker also starts in milliseconds, without
+importing the env's libraries again. Forking a threaded server is safe enough
+here because the child runs only this module's loop: it first detaches every
+inherited socket (other agents' connections, the listener, sibling workers'
+pipes) and never touches the server's own objects. What remains is the usual
+hazard of fork in a threaded process: a C library lock held by another
+connection's thread at that instant (an env stepping with the GIL released)
+stays locked in the child, and a worker whose envs need that lock would hang
+until the agent's timeout. A zygote forked while the server is still single-
+threaded would remove it; it is not built (yet).
+
+A worker never outlives its server: it asks the kernel for SIGKILL when the
+thread that forked it ends (PR_SET_PDEATHSIG; that thread is the connection's,
+which outlives the vector env), and where that call is missing it notices its
+parent is gone on its next idle second.
+
+Messages between server and workers are pickled: both ends are this code in
+processes of one server, never a peer from the network.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import mmap
+import multiprocessing
+import os
+import signal
+import stat
+import sys
+import traceback
+import warnings
+from multiprocessing import reduction
+from multiprocessing.connection import Connection, wait
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from ..errors import PortalEnvError
+from .shard import EnvFactory, InstanceError, Shard
+
+logger = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
+_IDLE_CHECK_S = 1.0  # how often a waiting side checks that its peer process still lives
+_CLOSE_WAIT_S = 5.0
+
+
+class WorkerError(PortalEnvError):
+    """A worker process of a vector env died or failed to start."""
+
+
+def available_cores() -> int:
+    """Cores this process may run on: affinity mask and cgroup CPU quota, at least 1."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:  # cgroup v2: "max 100000" or "<quota> <period>"
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
+
+def split(num_envs: int, num_workers: int) -> List[range]:
+    """Contiguous index ranges, sizes differing by at most one (the first ones larger)."""
+    base, extra = divmod(num_envs, num_workers)
+    ranges, start = [], 0
+    for k in range(num_workers):
+        size = base + (1 if k < extra else 0)
+        ranges.append(range(start, start + size))
+        start += size
+    return ranges
+
+
+# -- in the worker -------------------------------------------------------------------------
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return  # not Linux: the idle check in _serve covers it
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _set_name(first: int) -> None:
+    """Name the process after its first instance (`ps`, /proc/PID/comm: penv-worker-3)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_NAME, f"penv-worker-{first}".encode()[:15], 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _detach_inherited(keep: Sequence[int]) -> None:
+    """Point every inherited socket and batch memory except keep at /dev/null.
+
+    dup2 rather than close: the fd numbers stay taken, so an inherited Python
+    object that closes its fd later cannot close a file this worker opened.
+    """
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        return
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        for fd in fds:
+            if fd <= 2 or fd in keep or fd == null:
+                continue
+            try:
+                if stat.S_ISSOCK(os.fstat(fd).st_mode) or _is_batch(fd):
+                    os.dup2(null, fd)
+            except OSError:
+                pass
+    finally:
+        os.close(null)
+
+
+def _is_batch(fd: int) -> bool:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:portal-env-batch")
+    except OSError:
+        return False
+
+
+def _failure(shard: Optional[Shard], exc: BaseException, first: int) -> tuple:
+    index = shard.current if shard is not None else first
+    if isinstance(exc, InstanceError):
+        return ("error", exc.index, exc.kind, exc.message, exc.trace)
+    kind = type(exc)
+    name = (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
+    trace = "".join(traceback.format_exception(kind, exc, exc.__traceback__))
+    return ("error", index, name, str(exc), trace)
+
+
+def _worker_main(
+    conn: Connection,
+    parent_pid: int,
+    factory: EnvFactory,
+    args: Sequence[Any],
+    kwargs: Dict[str, Any],
+    first: int,
+    count: int,
+    batch_fd: int,
+) -> None:
+    _die_with_parent(parent_pid)
+    _set_name(first)
+    _detach_inherited([conn.fileno(), batch_fd])
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
+    shard: Optional[Shard] = None
+    try:
+        shard = Shard(factory, args, kwargs, first, count)
+        conn.send(("ok", shard.facts()))
+    except Exception as exc:
+        conn.send(_failure(shard, exc, first))
+        return
+    _serve(conn, parent_pid, shard)
+
+
+def _serve(conn: Connection, parent_pid: int, shard: Shard) -> None:
+    while True:
+        while not conn.poll(_IDLE_CHECK_S):
+            if os.getppid() != parent_pid:
+                os._exit(1)
+        try:
+            op, args = conn.recv()
+        except EOFError:
+            return
+        if op in ("step_each", "reset_each"):
+            _run_each(conn, shard, op, args)
+            continue
+        if op == "adopt_agent_memory" and args is not None:
+            args = (reduction.recv_handle(conn), *args)  # the server sends the descriptor next
+        try:
+            if op == "close":
+                shard.close()
+                conn.send(("ok", None))
+                return
+            conn.send(("ok", _run(shard, op, args)))
+        except Exception as exc:
+            conn.send(_failure(shard, exc, shard.first))
+
+
+def _run_each(conn: Connection, shard: Shard, op: str, args: Any) -> None:
+    """Step (or reset) instances one by one, replying for each as soon as it is done."""
+    items, options = args
+    for index, value in items:
+        try:
+            if op == "step_each":
+                result = shard.step_one(index, value)
+            else:
+                result = shard.reset_one(index, value, options)
+            conn.send(("ok", result))
+        except Exception as exc:
+            conn.send(_failure(shard, exc, index))
+
+
+def _run(shard: Shard, op: str, args: Any) -> Any:
+    if op == "step":
+        return shard.step(args)
+    if op == "reset":
+        return shard.reset(*args)
+    if op == "attach":
+        from .batchmem import SharedBatch
+
+        fd, space, n = args
+        try:
+            if space is not None:
+                batch = SharedBatch(space, n, fd)
+                shard.out = batch.rows(shard.first, shard.first + len(shard.envs))
+        finally:
+            os.close(fd)  # the mapping stays; the descriptor is not needed any more
+        return None
+    if op == "adopt_agent_memory":
+        if args is None:  # another worker could not map it: nobody uses it
+            shard.step_out = None
+            return True
+        fd, size, dtype, shape = args
+        try:
+            if os.fstat(fd).st_size != size:
+                return False
+            mapping = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)  # the mapping stays
+        count = int(np.prod(shape, dtype=np.int64))
+        batch = np.frombuffer(mapping, dtype, count).reshape(shape)
+        shard.step_out = batch[shard.first : shard.first + len(shard.envs)]
+        return True
+    return shard.each(op, *args)
+
+
+# -- in the server -------------------------------------------------------------------------
+
+
+class Worker:
+    """The server's handle on one worker process and its shard of instances."""
+
+    def __init__(
+        self,
+        context: Any,
+        factory: EnvFactory,
+        args: Sequence[Any],
+        kwargs: Dict[str, Any],
+        instances: range,
+        batch_fd: int,
+    ) -> None:
+        self.instances = instances
+        self.facts: Dict[str, Any] = {}
+        self.conn, child = context.Pipe()
+        self.process = context.Process(
+            target=_worker_main,
+            args=(
+                child,
+                os.getpid(),
+                factory,
+                args,
+                kwargs,
+                instances.start,
+                len(instances),
+                batch_fd,
+            ),
+            daemon=True,
+            name=f"portal-env-worker-{instances.start}",
+        )
+        with warnings.catch_warnings():
+            # Python 3.12+ warns about fork in a threaded process; see the module docstring.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.process.start()
+        child.close()
+        self.dead = False
+
+    def describe(self) -> str:
+        lo, hi = self.instances.start, self.instances.stop - 1
+        what = f"env instance {lo}" if lo == hi else f"env instances {lo}-{hi}"
+        return f"the worker process (pid {self.process.pid}) running {what}"
+
+    def send(self, op: str, args: Any) -> None:
+        if self.dead:
+            raise self._died(op)
+        try:
+            self.conn.send((op, args))
+        except (OSError, EOFError) as exc:
+            raise self._died(op) from exc
+
+    def send_fd(self, op: str, fd: int) -> None:
+        """Pass a duplicate of descriptor fd (after a send(op, ...) that announces it)."""
+        if self.dead:
+            raise self._died(op)
+        try:
+            reduction.send_handle(self.conn, fd, self.process.pid)
+        except (OSError, EOFError) as exc:
+            raise self._died(op) from exc
+
+    def receive(self, op: str, wait: bool = True) -> Any:
+        """The reply to op; raises WorkerError if the worker died, InstanceError if it raised.
+
+        With wait=False the caller knows a reply (or the end of the process) is there.
+        """
+        try:
+            while wait and not self.conn.poll(_IDLE_CHECK_S):
+                if not self.process.is_alive():
+                    raise EOFError
+            reply = self.conn.recv()
+        except (OSError, EOFError) as exc:
+            raise self._died(op) from exc
+        if reply[0] == "ok":
+            return reply[1]
+        raise InstanceError(*reply[1:])
+
+    def _died(self, op: str) -> WorkerError:
+        self.dead = True
+        self.process.join(0.5)
+        code = self.process.exitcode
+        how = (
+            f"killed by {signal.Signals(-code).name}"
+            if code is not None and code < 0
+            else f"exit code {code}"
+        )
+        return WorkerError(
+            f"{self.describe()} died ({how}) during '{op}'; this vector env cannot continue. "
+            "Close it and make a new one (see the server's log for the env's own output)."
+        )
+
+    def close(self) -> None:
+        """Ask the worker to close its envs; kill it if it does not finish in time."""
+        if not self.dead and self.process.is_alive():
+            try:
+                self.conn.send(("close", None))
+                if self.conn.poll(_CLOSE_WAIT_S):
+                    self.conn.recv()
+            except (OSError, EOFError):
+                pass
+        self.process.join(_CLOSE_WAIT_S)
+        if self.process.is_alive():
+            logger.warning("%s did not close in %ss; killing it", self.describe(), _CLOSE_WAIT_S)
+            self.process.kill()
+            self.process.join()
+        self.conn.close()
+        self.dead = True
+
+
+def fork_context() -> Any:
+    """The multiprocessing context workers start from (see the module docstring)."""
+    if sys.platform == "win32":
+        raise WorkerError("worker processes need fork, which Windows lacks; use num_workers=0")
+    return multiprocessing.get_context("fork")
+
+
+def start(
+    factory: EnvFactory,
+    args: Sequence[Any],
+    kwargs: Dict[str, Any],
+    shards: List[range],
+    batch_fd: int,
+) -> List[Worker]:
+    """Start one worker per shard and wait until each has made its envs.
+
+    Each inherits batch_fd, the memory the server later lays the batch over
+    (its size is known only once an env says what its observations are).
+    """
+    context = fork_context()
+    workers: List[Worker] = []
+    try:
+        for instances in shards:
+            workers.append(Worker(context, factory, args, kwargs, instances, batch_fd))
+        for worker in workers:
+            worker.facts = worker.receive("make")
+    except BaseException:
+        for worker in workers:
+            worker.close()
+        raise
+    return workers
+
+
+def gather(workers: List[Worker], op: str) -> List[Any]:
+    """Every worker's reply to op, in shard order; the first failure raises after all replied."""
+    results, failure = [], None
+    for worker in workers:
+        try:
+            results.append(worker.receive(op))
+        except (InstanceError, WorkerError) as exc:
+            failure = failure or exc
+            results.append(None)
+    if failure is not None:
+        raise failure
+    return results
+
+
+def ready(workers: List[Worker], timeout: Optional[float]) -> List[Worker]:
+    """Workers with a reply waiting (or whose process ended), waiting up to timeout."""
+    conns = {worker.conn: worker for worker in workers}
+    return [conns[conn] for conn in wait(list(conns), timeout)]

@@ -1,0 +1,34 @@
+"""The spin policy: poll only while the machine has a spare core."""
+
+from __future__ import annotations
+
+import pytest
+
+from portal_env.portal import spin
+
+
+@pytest.fixture
+def loadavg(tmp_path, monkeypatch):
+    path = tmp_path / "loadavg"
+    monkeypatch.setattr(spin, "_LOADAVG", str(path))
+    monkeypatch.setattr(spin, "_cores", 2)
+    monkeypatch.setattr(spin, "_state", {"until": 0.0, "spare": True})
+    return path
+
+
+def test_the_real_count_includes_this_process():
+    assert spin.runnable() >= 1
+
+
+def test_no_spare_core_stops_spinning_and_is_rechecked(loadavg, monkeypatch):
+    loadavg.write_text("9.18 8.78 5.95 5/139 19268\n")  # 5 runnable tasks on 2 cores
+    assert spin.spare_core() is False
+    loadavg.write_text("0.50 0.40 0.30 2/139 19268\n")
+    assert spin.spare_core() is False  # cached for CHECK_S
+    monkeypatch.setattr(spin, "_state", {"until": 0.0, "spare": False})  # CHECK_S later
+    assert spin.spare_core() is True
+
+
+def test_an_unreadable_count_allows_spinning(loadavg):
+    assert not loadavg.exists()
+    assert spin.runnable() == 0 and spin.spare_core() is True
