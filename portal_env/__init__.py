@@ -22,8 +22,9 @@ from .errors import (
     UnsupportedSpaceError,
 )
 from .portal.agent import AgentSidePortal
+from .portal.multivec import make_vec
 from .portal.server import EnvSidePortal
-from .portal.vector import PortalVectorEnv, make_vec
+from .portal.vector import PortalVectorEnv
 
 __version__ = "0.10.0"
 
@@ -51,7 +52,7 @@ if "Portal-v0" not in gymnasium.registry:
     gymnasium.register(
         "Portal-v0",
         entry_point="portal_env.portal.agent:AgentSidePortal",
-        vector_entry_point="portal_env.portal.vector:make_vec",
+        vector_entry_point="portal_env.portal.multivec:make_vec",
         disable_env_checker=True,  # the remote env is checked where it runs
     )
 

@@ -85,12 +85,13 @@ class MultiServerVectorEnv(gymnasium.vector.VectorEnv):
         env_args: Optional[Sequence[Any]] = None,
         env_kwargs: Optional[Dict[str, Any]] = None,
         timeout: Optional[float] = DEFAULT_TIMEOUT,
+        num_workers: Optional[int] = None,
     ) -> None:
         if not endpoints:
             raise ValueError("MultiServerVectorEnv needs at least one endpoint")
         self.env_name = env_name
         self.num_envs = num_envs
-        self._make = (list(env_args or []), dict(env_kwargs or {}), timeout)
+        self._make = (list(env_args or []), dict(env_kwargs or {}), timeout, num_workers)
         sizes = [n for n in split(num_envs, len(endpoints)) if n]
         self.endpoints = list(endpoints)[: len(sizes)]
         self.sizes = sizes
@@ -111,10 +112,10 @@ class MultiServerVectorEnv(gymnasium.vector.VectorEnv):
         self.render_mode = first.render_mode
 
     def _connect(self, endpoint: Endpoint, size: int) -> PortalVectorEnv:
-        args, kwargs, timeout = self._make
+        args, kwargs, timeout, num_workers = self._make
         return PortalVectorEnv(
             self.env_name, size, args, kwargs, address=endpoint.address,
-            token=endpoint.token, timeout=timeout,
+            token=endpoint.token, timeout=timeout, num_workers=num_workers,
         )  # fmt: skip
 
     # -- the vector API --------------------------------------------------------
@@ -298,20 +299,35 @@ def make_vec(
     timeout: Optional[float] = DEFAULT_TIMEOUT,
     addresses: Optional[Sequence[str]] = None,
     min_servers: Optional[int] = None,
+    num_workers: Optional[int] = None,
+    batch_size: Optional[int] = None,
 ) -> gymnasium.vector.VectorEnv:
-    """N instances of env_name's env as one VectorEnv, spread over every server of it.
+    """N instances of env_name's env as one gymnasium VectorEnv, on one server or many.
 
-    With addresses=[...] (each "host:port" or "unix:/path", all with token, else
-    the registry's token for that address), over those servers; with address=...
-    or agent_in_docker, over that one server, as portal_env.make_vec; else over
-    every server registered for env_name on any node (see registry.lookup_all); with
-    min_servers=K, first waiting up to timeout seconds until K servers are ready (a
-    learner started with the servers of a job: K = $SLURM_JOB_NUM_NODES).
+    The arguments are those of AgentSidePortal, plus:
+
+    Args:
+        num_envs: How many env instances.
+        addresses: Spread the instances over these servers ("host:port" or
+            "unix:/path", all with token, else the registry's token for each).
+            Without it (and without address=): every server registered for env_name
+            on any node (registry.lookup_all), this node's first.
+        min_servers: First wait up to timeout seconds until this many servers are
+            ready (a learner started with its job's servers: $SLURM_JOB_NUM_NODES).
+        num_workers: Worker processes on each server's host, each stepping a
+            contiguous shard of the instances, all shards at once (default: one per
+            core available to the server, at most its instances; 0 steps them in the
+            server's connection thread, one after another).
+        batch_size: One server only: how many instances recv() returns, EnvPool-style
+            (send(actions, env_ids) starts steps and returns at once; recv() returns the
+            first batch_size to finish, with info["env_id"]).
     """
+    single = {"num_workers": num_workers, "batch_size": batch_size}
     if address is not None or agent_in_docker:
         return PortalVectorEnv(
-            env_name, num_envs, env_args, env_kwargs, agent_in_docker, address, token, timeout
-        )
+            env_name, num_envs, env_args, env_kwargs, agent_in_docker, address, token, timeout,
+            **single,
+        )  # fmt: skip
     if addresses is not None:
         known = {e.address: e for e in _registered_or_none(env_name)}
         endpoints = [known.get(a, Endpoint(a)) for a in addresses]
@@ -324,9 +340,18 @@ def make_vec(
     if len(endpoints) == 1:
         (only,) = endpoints
         return PortalVectorEnv(
-            env_name, num_envs, env_args, env_kwargs, False, only.address, only.token, timeout
+            env_name, num_envs, env_args, env_kwargs, False, only.address, only.token, timeout,
+            **single,
+        )  # fmt: skip
+    if batch_size is not None:
+        raise PortalEnvError(
+            f"batch_size={batch_size} (send/recv) works on one server, and {env_name!r} has "
+            f"{len(endpoints)} ({', '.join(map(str, endpoints))}): pass address=... for one "
+            "of them, or leave batch_size out to step all of them together"
         )
-    return MultiServerVectorEnv(env_name, num_envs, endpoints, env_args, env_kwargs, timeout)
+    return MultiServerVectorEnv(
+        env_name, num_envs, endpoints, env_args, env_kwargs, timeout, num_workers
+    )
 
 
 def _registered_or_none(env_name: str) -> List[Endpoint]:
