@@ -35,6 +35,5 @@ class FleetEnv(AgentSidePortal):
 
     def _connect(self) -> None:
         where = self._fleet.current(self.server_index, self._wait)
-        _, token, in_docker, timeout = self._connect_args
-        self._connect_args = (where.address, token, in_docker, timeout)
+        self._connect_args = (where.address, *self._connect_args[1:])  # only the address moves
         super()._connect()
