@@ -61,4 +61,4 @@ def test_bad_names_are_refused(name: str):
 
 
 def test_builtin_dir_ships_with_the_package():
-    assert (catalog.BUILTIN_ROOT / "README.md").is_file()
+    assert (catalog.BUILTIN_ROOT / "envs" / "README.md").is_file()
