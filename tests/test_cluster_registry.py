@@ -16,23 +16,13 @@ from portal_env.errors import PortalEnvError
 from portal_env.serving import liveness, registry
 
 from .conftest import CLI, ServerProcess
+from .test_registry import _record as record_of
 
 
 def _record(name: str = "mycart", node: str = "", **changes) -> registry.Record:
-    pid = os.getpid()
-    fields = dict(
-        name=name,
-        backend="venv",
-        env_dir="/somewhere",
-        token="secret",
-        supervisor_pid=pid,
-        supervisor_start=registry.process_start_time(pid),
-        log_path="/nowhere.log",
-        state=registry.READY,
-        node=node,
-    )
-    fields.update(changes)
-    return registry.Record(**fields)
+    """A ready record of this process, on node (test_registry's, with a node)."""
+    changes = dict(dict(log_path="/nowhere.log", state=registry.READY, node=node), **changes)
+    return record_of(name, **changes)
 
 
 def _refused_address() -> str:

@@ -85,7 +85,7 @@ class SharedBatch:
 
     def rows(self, lo: int, hi: int) -> Any:
         """Views of rows lo..hi of every leaf array, in the batch's structure."""
-        return _slice(self.arrays, lo, hi)
+        return slice_tree(self.arrays, lo, hi)
 
     def close(self) -> None:
         self.arrays = None
@@ -95,9 +95,10 @@ class SharedBatch:
             pass
 
 
-def _slice(tree: Any, lo: int, hi: int) -> Any:
+def slice_tree(tree: Any, lo: int, hi: int) -> Any:
+    """Rows lo:hi of every array in a tree of dicts and tuples (views, not copies)."""
     if isinstance(tree, dict):
-        return {key: _slice(value, lo, hi) for key, value in tree.items()}
+        return {key: slice_tree(value, lo, hi) for key, value in tree.items()}
     if isinstance(tree, tuple):
-        return tuple(_slice(value, lo, hi) for value in tree)
+        return tuple(slice_tree(value, lo, hi) for value in tree)
     return tree[lo:hi]

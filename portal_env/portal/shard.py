@@ -12,6 +12,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from gymnasium.vector.utils import concatenate
 
+from .batchmem import slice_tree
+
 EnvFactory = Callable[..., Any]
 
 
@@ -32,14 +34,6 @@ def set_attr(env: Any, name: str, value: Any) -> None:
 def call(env: Any, name: str, args: Sequence[Any], kwargs: Dict[str, Any]) -> Any:
     attr = get_attr(env, name)
     return attr(*args, **kwargs) if callable(attr) else attr
-
-
-def _slice(tree: Any, lo: int, hi: int) -> Any:
-    if isinstance(tree, dict):
-        return {key: _slice(value, lo, hi) for key, value in tree.items()}
-    if isinstance(tree, tuple):
-        return tuple(_slice(value, lo, hi) for value in tree)
-    return tree[lo:hi]
 
 
 class InstanceError(Exception):
@@ -156,7 +150,7 @@ class Shard:
         if self.out is None:
             return obs
         if self._rows is None:
-            self._rows = [_slice(self.out, k, k + 1) for k in range(len(self.envs))]
+            self._rows = [slice_tree(self.out, k, k + 1) for k in range(len(self.envs))]
         concatenate(self.space, [obs], self._rows[i])
         return None
 
