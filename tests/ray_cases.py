@@ -225,9 +225,13 @@ def test_driver_exit_leaves_no_server_process_or_actor(cluster: RayCluster, cart
     while _alive_launchers() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert _alive_launchers() == []
+    # the dead driver's placement group is freed too (Ray does it some time after the job ends)
+    assert _wait_all_cpus_free(60), ray_resources()
 
 
 def test_pack_places_every_server_on_one_node(cluster: RayCluster, cartpole: Path):
+    # "pack" is best effort: it spreads when no single node has room, so start from a free cluster
+    assert _wait_all_cpus_free(60), ray_resources()
     with pray.launch(
         "mycart", path=cartpole, backend="venv", num_servers=2, cpus_per_server=0.5,
         placement="pack", cache_dir=CACHE, state_root=STATE,
@@ -313,3 +317,21 @@ def _alive_launchers() -> list:
         a for a in state.actors().values()
         if a["ActorClassName"].endswith("Launcher") and a["State"] != "DEAD"
     ]  # fmt: skip
+
+
+def ray_resources() -> dict:
+    import ray
+
+    return {"available": ray.available_resources(), "total": ray.cluster_resources()}
+
+
+def _wait_all_cpus_free(timeout: float) -> bool:
+    """True once no placement group or actor holds any of the cluster's CPUs."""
+    import ray
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ray.available_resources().get("CPU", 0) == ray.cluster_resources().get("CPU"):
+            return True
+        time.sleep(0.5)
+    return False
