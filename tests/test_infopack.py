@@ -7,6 +7,7 @@ import pytest
 
 from portal_env import AgentSidePortal, make_vec
 from portal_env.portal import infopack
+from portal_env.portal.vector import _InfoRows, merge_scalar_infos
 from tests import envs
 from tests.test_agent import assert_identical, run_trajectory
 from tests.test_vector import local_vec, vec_trajectory
@@ -63,3 +64,43 @@ def test_vector_infos_are_exact_and_mostly_packed(server, count_unpacks, num_wor
     assert_identical(vec_trajectory(remote, 2, 70), vec_trajectory(local, 2, 70))
     assert len(count_unpacks) >= 30
     remote.close()
+
+
+def gymnasium_merge(infos):
+    """gymnasium's own per-instance merge, the oracle for merge_scalar_infos."""
+    rows = _InfoRows(len(infos))
+    merged = {}
+    for i, info in enumerate(infos):
+        if info:
+            merged = rows._add_info(merged, info, i)
+    return merged
+
+
+@pytest.mark.parametrize(
+    "infos",
+    [
+        [{"lives": np.int64(k), "frame_number": np.int64(4 * k)} for k in range(5)],
+        [{"x_position": 0.5 * k, "reward_run": np.float32(k), "ok": k % 2 == 0} for k in range(3)],
+        [{"n": k} for k in range(4)],
+    ],
+)
+def test_column_merge_equals_gymnasium_merge(infos):
+    assert_identical(merge_scalar_infos(infos), gymnasium_merge(infos))
+    assert list(merge_scalar_infos(infos)) == list(gymnasium_merge(infos))  # key order too
+
+
+@pytest.mark.parametrize(
+    "infos",
+    [
+        [{"a": 1}, {"a": 1.0}],  # two types: gymnasium casts into the first one's array
+        [{"a": 1}, {"b": 1}],  # other keys
+        [{"a": 1}, {}],  # an instance without infos
+        [{"a": np.bool_(True)}, {"a": np.bool_(False)}],  # gymnasium keeps numpy bools as objects
+        [{"a": 1, "_a": 2}, {"a": 1, "_a": 2}],  # a key that is another's mask
+        [{"final_obs": np.zeros(2)}, {"final_obs": np.zeros(2)}],
+        [{"a": np.zeros(2)}, {"a": np.zeros(2)}],
+        [],
+    ],
+)
+def test_column_merge_leaves_other_infos_to_gymnasium(infos):
+    assert merge_scalar_infos(infos) is None

@@ -87,12 +87,19 @@ def wait_gone_all(pids, seconds=10.0):
     return all(wait_gone(pid, seconds) for pid in pids)
 
 
+@pytest.mark.parametrize("screen_into", [False, True])
 @pytest.mark.parametrize("num_workers", [2, 3])
-def test_pong_sharded_matches_sync_vector_env(server, num_workers):
-    remote = make_vec("custom", 5, ["ALE/Pong-v5"], num_workers=num_workers, **server.kwargs())
+def test_pong_sharded_matches_sync_vector_env(server, num_workers, screen_into):
+    kwargs = {"screen_into": True} if screen_into else {}
+    remote = make_vec(
+        "custom", 5, ["ALE/Pong-v5"], kwargs, num_workers=num_workers, **server.kwargs()
+    )
     local = local_vec("ALE/Pong-v5", 5)
     assert remote._client.layout.shm is not None  # frames reach the agent by shared memory
     assert_identical(vec_trajectory(remote, 1, 30), vec_trajectory(local, 1, 30))
+    # with the hook, ALE wrote each step's frame straight into the agent's mapping
+    writes = remote.get_attr("portal_screen_writes") if screen_into else (0,) * 5
+    assert all(w >= 29 for w in writes) == screen_into, writes
     remote.close()
 
 

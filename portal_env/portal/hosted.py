@@ -199,8 +199,6 @@ class HostedVectorEnv:
         """Run op on every shard at once; per_instance values are split among the shards."""
         self.pending.check_idle(op)
         if self.local is not None:
-            if op == "step":
-                return [self.local.step(per_instance)]
             if op == "reset":
                 return [self.local.reset(per_instance, *args)]
             return [self.local.each(op, *args)]
@@ -209,7 +207,7 @@ class HostedVectorEnv:
                 worker.send(op, args)
             else:
                 part = per_instance[worker.instances.start : worker.instances.stop]
-                worker.send(op, part if op == "step" else (part, *args))
+                worker.send(op, (part, *args))
         return workers.gather(self.workers, op)
 
     def reset(self, seeds: Sequence[Optional[int]], options: Optional[dict]) -> Any:
@@ -220,8 +218,11 @@ class HostedVectorEnv:
         return [self._batch([part[0] for part in results]), infos]
 
     def step(self, actions: Any) -> Any:
-        per_instance = list(iterate(self.action_space, actions))
-        results = self._each_shard("step", per_instance)
+        self.pending.check_idle("step")
+        if self.local is not None:
+            results = [self.local.step(list(iterate(self.action_space, actions)))]
+        else:
+            results = self._step_workers(actions)
         rewards, terminations, truncations = (
             np.concatenate([part[k] for part in results]) for k in (1, 2, 3)
         )
@@ -230,6 +231,18 @@ class HostedVectorEnv:
             return [self.step_obs, rewards, terminations, truncations, infos]
         obs = self._batch([part[0] for part in results])
         return [obs, rewards, terminations, truncations, infos]
+
+    def _step_workers(self, actions: Any) -> List[Any]:
+        whole = isinstance(actions, np.ndarray)
+        if whole and len(actions) != self.num_envs:
+            raise ValueError(f"step got {len(actions)} actions for {self.num_envs} envs")
+        per_instance = None if whole else list(iterate(self.action_space, actions))
+        for worker in self.workers:
+            lo, hi = worker.instances.start, worker.instances.stop
+            part = actions[lo:hi] if whole else per_instance[lo:hi]  # type: ignore[index]
+            worker.send("step", workers.step_actions(part))
+        replies = workers.gather(self.workers, "step")
+        return [workers.StepReply.decode(r, w.infos) for w, r in zip(self.workers, replies)]
 
     def _gathered(self, op: str, *args: Any) -> tuple:
         return tuple(value for part in self._each_shard(op, None, *args) for value in part)

@@ -12,6 +12,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from gymnasium.vector.utils import concatenate
 
+from . import screenbuf
 from .batchmem import slice_tree
 
 EnvFactory = Callable[..., Any]
@@ -75,6 +76,9 @@ class Shard:
             self.close()
             raise
         self.space = self.envs[0].observation_space
+        hooks = [screenbuf.find_hook(env) for env in self.envs]
+        self._hooks = hooks if all(hooks) else None  # every env can write its obs where told
+        self._targets: Tuple[Any, List[Any]] = (None, [])  # (batch, its per-instance rows)
         self.out = out
         self.step_out: Any = None  # rows of the agent's own mapping, for step() only
         self._rows: Optional[List[Any]] = None  # per-instance views of out, made when needed
@@ -114,17 +118,36 @@ class Shard:
         rewards = np.zeros(n, dtype=np.float64)
         terminations = np.zeros(n, dtype=np.bool_)
         truncations = np.zeros(n, dtype=np.bool_)
+        targets = self._direct_targets()
         for i, (env, action) in enumerate(zip(self.envs, actions)):
             self.current = self.first + i
-            if self.autoreset[i]:
-                obs, info = env.reset()
-            else:
-                obs, rewards[i], terminations[i], truncations[i], info = env.step(action)
+            if targets:
+                self._hooks[i](targets[i])  # type: ignore[index]
+            try:
+                if self.autoreset[i]:
+                    obs, info = env.reset()
+                else:
+                    obs, rewards[i], terminations[i], truncations[i], info = env.step(action)
+            finally:
+                if targets:
+                    self._hooks[i](None)  # type: ignore[index]
             observations.append(obs)
             infos.append(info)
         self.autoreset = terminations | truncations
+        if targets and all(obs is row for obs, row in zip(observations, targets)):
+            return None, rewards, terminations, truncations, infos  # written in place
         placed = self._place(observations, self.step_out)
         return placed, rewards, terminations, truncations, infos
+
+    def _direct_targets(self) -> List[Any]:
+        """Each instance's row of the step batch, where every env can write its obs itself
+        (screenbuf); else empty."""
+        batch = self.step_out if self.step_out is not None else self.out
+        if self._hooks is None or not isinstance(batch, np.ndarray):
+            return []
+        if self._targets[0] is not batch:
+            self._targets = (batch, list(batch))
+        return self._targets[1]
 
     def reset_one(self, index: int, seed: Optional[int], options: Optional[dict]) -> Tuple:
         """Reset instance index (global) alone: (index, obs or None, 0.0, False, False, info)."""

@@ -115,7 +115,10 @@ class PortalVectorEnv(gymnasium.vector.VectorEnv):
         return obs, rewards, terminations, truncations, merged
 
     def _merge(self, infos: List[Dict[str, Any]], rows: Optional[int] = None) -> Dict[str, Any]:
-        merged: Dict[str, Any] = {}
+        merged = merge_scalar_infos(infos)
+        if merged is not None:
+            return merged
+        merged = {}
         target: Any = self if rows is None or rows == self.num_envs else _InfoRows(rows)
         for i, info in enumerate(infos):
             if info:
@@ -146,6 +149,33 @@ class PortalVectorEnv(gymnasium.vector.VectorEnv):
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def merge_scalar_infos(infos: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """gymnasium's merged infos, made column by column, for the usual case: every instance
+    reports the same keys with numbers of one type each (ALE's lives, MuJoCo's rewards).
+
+    None for anything else, which gymnasium's own per-instance merge then handles.
+    """
+    first = infos[0] if infos else None
+    if not first or type(first) is not dict:
+        return None
+    keys = tuple(first)
+    if "final_obs" in first or any(f"_{key}" in first for key in keys):
+        return None  # gymnasium stores these differently (objects; a mask overwritten)
+    if any(type(info) is not dict or tuple(info) != keys for info in infos):
+        return None
+    merged: Dict[str, Any] = {}
+    for key in keys:
+        column = [info[key] for info in infos]
+        kind = type(column[0])
+        if not (kind in (int, float, bool) or issubclass(kind, np.number)):
+            return None
+        if any(type(value) is not kind for value in column):
+            return None
+        merged[key] = np.array(column, dtype=kind)
+        merged[f"_{key}"] = np.ones(len(infos), dtype=np.bool_)
+    return merged
 
 
 class _InfoRows:

@@ -19,7 +19,9 @@ which outlives the vector env), and where that call is missing it notices its
 parent is gone on its next idle second.
 
 Messages between server and workers are pickled: both ends are this code in
-processes of one server, never a peer from the network.
+processes of one server, never a peer from the network. A step's messages avoid
+numpy objects, which pickle slowly: actions travel as the bytes of one array,
+rewards and flags as raw bytes, infos packed by a schema both ends learn.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import logging
 import mmap
 import multiprocessing
 import os
+import pickle
 import signal
 import stat
 import sys
@@ -36,11 +39,13 @@ import traceback
 import warnings
 from multiprocessing import reduction
 from multiprocessing.connection import Connection, wait
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+from gymnasium.vector.utils import batch_space, iterate
 
 from ..errors import PortalEnvError
+from . import infopack
 from .shard import EnvFactory, InstanceError, Shard
 
 logger = logging.getLogger(__name__)
@@ -80,6 +85,48 @@ def split(num_envs: int, num_workers: int) -> List[range]:
         ranges.append(range(start, start + size))
         start += size
     return ranges
+
+
+# -- a step's messages ---------------------------------------------------------------------
+
+
+def step_actions(part: Any) -> Any:
+    """A shard's actions for "step": the bytes of one plain array, else the values one by one."""
+    if isinstance(part, np.ndarray) and not part.dtype.hasobject and part.dtype.fields is None:
+        return ("array", part.dtype.str, part.shape, part.tobytes())
+    return ("items", part)
+
+
+def actions_of(message: Any, space: Any) -> Sequence[Any]:
+    """The per-instance actions step_actions sent; space is the shard's batched action space."""
+    if message[0] == "items":
+        return message[1]
+    _, dtype, shape, raw = message
+    return list(iterate(space, np.frombuffer(bytearray(raw), dtype).reshape(shape)))
+
+
+class StepReply:
+    """A shard's step result on the pipe: (obs or None, rewards, terminations, truncations,
+    infos) with the arrays as bytes and the infos packed once both ends know their schema."""
+
+    @staticmethod
+    def encode(result: Tuple[Any, ...], packer: infopack.InfoPacker) -> Tuple[Any, ...]:
+        obs, rewards, terminations, truncations, infos = result
+        packed = packer.pack(infos)
+        if packed is None:
+            packer.learn(infos)  # the server learns the same schema from these infos
+        info = ("full", infos) if packed is None else ("packed", packed)
+        return obs, rewards.tobytes(), terminations.tobytes(), truncations.tobytes(), info
+
+    @staticmethod
+    def decode(reply: Tuple[Any, ...], packer: infopack.InfoPacker) -> Tuple[Any, ...]:
+        obs, rewards, terminations, truncations, (how, infos) = reply
+        if how == "packed":
+            infos = packer.unpack(infos)
+        else:
+            packer.learn(infos)
+        flags = (np.frombuffer(terminations, np.bool_), np.frombuffer(truncations, np.bool_))
+        return (obs, np.frombuffer(rewards, np.float64), *flags, infos)
 
 
 # -- in the worker -------------------------------------------------------------------------
@@ -166,20 +213,31 @@ def _worker_main(
     shard: Optional[Shard] = None
     try:
         shard = Shard(factory, args, kwargs, first, count)
-        conn.send(("ok", shard.facts()))
+        _put(conn, ("ok", shard.facts()))
     except Exception as exc:
-        conn.send(_failure(shard, exc, first))
+        _put(conn, _failure(shard, exc, first))
         return
     _serve(conn, parent_pid, shard)
 
 
+def _put(conn: Connection, message: Any) -> None:
+    # plain pickle: multiprocessing's own pickler is slower, and no message needs its reducers
+    conn.send_bytes(pickle.dumps(message, pickle.HIGHEST_PROTOCOL))
+
+
+def _take(conn: Connection) -> Any:
+    return pickle.loads(conn.recv_bytes())
+
+
 def _serve(conn: Connection, parent_pid: int, shard: Shard) -> None:
+    infos = infopack.InfoPacker(many=True)  # this pipe's step infos (see StepReply)
+    action_space = batch_space(shard.envs[0].action_space, len(shard.envs))
     while True:
         while not conn.poll(_IDLE_CHECK_S):
             if os.getppid() != parent_pid:
                 os._exit(1)
         try:
-            op, args = conn.recv()
+            op, args = _take(conn)
         except EOFError:
             return
         if op in ("step_each", "reset_each"):
@@ -190,11 +248,15 @@ def _serve(conn: Connection, parent_pid: int, shard: Shard) -> None:
         try:
             if op == "close":
                 shard.close()
-                conn.send(("ok", None))
+                _put(conn, ("ok", None))
                 return
-            conn.send(("ok", _run(shard, op, args)))
+            if op == "step":
+                result = shard.step(actions_of(args, action_space))
+                _put(conn, ("ok", StepReply.encode(result, infos)))
+                continue
+            _put(conn, ("ok", _run(shard, op, args)))
         except Exception as exc:
-            conn.send(_failure(shard, exc, shard.first))
+            _put(conn, _failure(shard, exc, shard.first))
 
 
 def _run_each(conn: Connection, shard: Shard, op: str, args: Any) -> None:
@@ -206,14 +268,12 @@ def _run_each(conn: Connection, shard: Shard, op: str, args: Any) -> None:
                 result = shard.step_one(index, value)
             else:
                 result = shard.reset_one(index, value, options)
-            conn.send(("ok", result))
+            _put(conn, ("ok", result))
         except Exception as exc:
-            conn.send(_failure(shard, exc, index))
+            _put(conn, _failure(shard, exc, index))
 
 
 def _run(shard: Shard, op: str, args: Any) -> Any:
-    if op == "step":
-        return shard.step(args)
     if op == "reset":
         return shard.reset(*args)
     if op == "attach":
@@ -284,6 +344,7 @@ class Worker:
             self.process.start()
         child.close()
         self.dead = False
+        self.infos = infopack.InfoPacker(many=True)  # this pipe's step infos (see StepReply)
 
     def describe(self) -> str:
         lo, hi = self.instances.start, self.instances.stop - 1
@@ -294,7 +355,7 @@ class Worker:
         if self.dead:
             raise self._died(op)
         try:
-            self.conn.send((op, args))
+            _put(self.conn, (op, args))
         except (OSError, EOFError) as exc:
             raise self._died(op) from exc
 
@@ -316,7 +377,7 @@ class Worker:
             while wait and not self.conn.poll(_IDLE_CHECK_S):
                 if not self.process.is_alive():
                     raise EOFError
-            reply = self.conn.recv()
+            reply = _take(self.conn)
         except (OSError, EOFError) as exc:
             raise self._died(op) from exc
         if reply[0] == "ok":
@@ -341,9 +402,9 @@ class Worker:
         """Ask the worker to close its envs; kill it if it does not finish in time."""
         if not self.dead and self.process.is_alive():
             try:
-                self.conn.send(("close", None))
+                _put(self.conn, ("close", None))
                 if self.conn.poll(_CLOSE_WAIT_S):
-                    self.conn.recv()
+                    _take(self.conn)
             except (OSError, EOFError):
                 pass
         self.process.join(_CLOSE_WAIT_S)
