@@ -83,6 +83,17 @@ def test_sharded_trajectory_is_bit_identical_to_sync_vector_env(
     assert wait_gone_all(child_pids(server.proc.pid), 0)
 
 
+def test_by_default_cheap_envs_step_in_the_server_and_slow_ones_in_workers(server):
+    cores = workers.available_cores()
+    with make_vec("custom", 4, ["PortalTest/Slow-v0"], **server.kwargs()) as cheap:
+        assert cheap.reset(seed=0)[0].shape == (4, 2)
+        assert child_pids(server.proc.pid) == []  # the probe's instance is gone too
+    slow = {"delay": 0.002}  # 4 x 2 ms a batch: workers pay off
+    with make_vec("custom", 4, ["PortalTest/Slow-v0"], slow, **server.kwargs()) as vec:
+        vec.reset(seed=0)
+        assert len(child_pids(server.proc.pid)) == (min(cores, 4) if cores > 1 else 0)
+
+
 def wait_gone_all(pids, seconds=10.0):
     return all(wait_gone(pid, seconds) for pid in pids)
 

@@ -96,7 +96,8 @@ class AsyncSteps:
                 )
             for worker in workers.ready(self.vec.workers, None):
                 try:
-                    self.done.append(worker.receive("recv", wait=False))
+                    reply = worker.receive("recv", wait=False)
+                    self.done.append(workers.OneReply.decode(reply, worker.one_infos))
                 except InstanceError as exc:
                     self._fail(exc.index, exc)
         if self.failure is not None:

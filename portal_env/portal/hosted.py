@@ -82,6 +82,7 @@ def resolve_workers(num_workers: Optional[int], num_envs: int) -> int:
 
     By default one per available core, at most one per instance; with a single
     core a worker would only add hand-offs, so the server thread steps them.
+    The default is checked against the env itself by HostedVectorEnv (pays_off).
     """
     if not isinstance(num_envs, int) or num_envs < 1:
         raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
@@ -114,6 +115,8 @@ class HostedVectorEnv:
         num_workers: Optional[int] = None,
     ) -> None:
         count = resolve_workers(num_workers, num_envs)
+        if num_workers is None and count and not workers.pays_off(factory, args, kwargs, num_envs):
+            count = 0  # cheap steps: hand-offs to workers would cost more than they save
         self.num_envs = num_envs
         self.local: Optional[Shard] = None
         self.workers: List[workers.Worker] = []

@@ -35,6 +35,7 @@ import pickle
 import signal
 import stat
 import sys
+import time
 import traceback
 import warnings
 from multiprocessing import reduction
@@ -76,6 +77,40 @@ def available_cores() -> int:
     return max(1, cores)
 
 
+PAYOFF_S = 0.002  # a batch this slow in one thread gains from workers: a hand-off costs 0.1-0.5 ms
+PROBE_S = 0.05  # the longest the probe steps
+
+
+def pays_off(factory: EnvFactory, args: Sequence[Any], kwargs: Dict[str, Any], n: int) -> bool:
+    """Whether n instances step slowly enough for worker processes to pay off.
+
+    Steps a throwaway instance with random actions for up to PROBE_S (its own
+    RNGs: the real instances are untouched). An env that cannot be probed gets
+    workers, as if it were slow.
+    """
+    try:
+        env = factory(*args, **kwargs)
+    except Exception:
+        return True
+    try:
+        env.reset()
+        env.step(env.action_space.sample())  # the first step may warm caches up
+        steps, start = 0, time.perf_counter()
+        while steps < 3 or (steps < 50 and time.perf_counter() - start < PROBE_S):
+            _, _, terminated, truncated, _ = env.step(env.action_space.sample())
+            if terminated or truncated:
+                env.reset()
+            steps += 1
+        return (time.perf_counter() - start) / steps * n >= PAYOFF_S
+    except Exception:
+        return True
+    finally:
+        try:
+            env.close()
+        except Exception:
+            pass
+
+
 def split(num_envs: int, num_workers: int) -> List[range]:
     """Contiguous index ranges, sizes differing by at most one (the first ones larger)."""
     base, extra = divmod(num_envs, num_workers)
@@ -105,6 +140,22 @@ def actions_of(message: Any, space: Any) -> Sequence[Any]:
     return list(iterate(space, np.frombuffer(bytearray(raw), dtype).reshape(shape)))
 
 
+def _pack_infos(infos: Any, packer: infopack.InfoPacker) -> Tuple[str, Any]:
+    packed = packer.pack(infos)
+    if packed is None:
+        packer.learn(infos)  # the server learns the same schema from these infos
+        return ("full", infos)
+    return ("packed", packed)
+
+
+def _unpack_infos(message: Tuple[str, Any], packer: infopack.InfoPacker) -> Any:
+    how, infos = message
+    if how == "packed":
+        return packer.unpack(infos)
+    packer.learn(infos)
+    return infos
+
+
 class StepReply:
     """A shard's step result on the pipe: (obs or None, rewards, terminations, truncations,
     infos) with the arrays as bytes and the infos packed once both ends know their schema."""
@@ -112,21 +163,30 @@ class StepReply:
     @staticmethod
     def encode(result: Tuple[Any, ...], packer: infopack.InfoPacker) -> Tuple[Any, ...]:
         obs, rewards, terminations, truncations, infos = result
-        packed = packer.pack(infos)
-        if packed is None:
-            packer.learn(infos)  # the server learns the same schema from these infos
-        info = ("full", infos) if packed is None else ("packed", packed)
+        info = _pack_infos(infos, packer)
         return obs, rewards.tobytes(), terminations.tobytes(), truncations.tobytes(), info
 
     @staticmethod
     def decode(reply: Tuple[Any, ...], packer: infopack.InfoPacker) -> Tuple[Any, ...]:
-        obs, rewards, terminations, truncations, (how, infos) = reply
-        if how == "packed":
-            infos = packer.unpack(infos)
-        else:
-            packer.learn(infos)
+        obs, rewards, terminations, truncations, info = reply
         flags = (np.frombuffer(terminations, np.bool_), np.frombuffer(truncations, np.bool_))
-        return (obs, np.frombuffer(rewards, np.float64), *flags, infos)
+        return (obs, np.frombuffer(rewards, np.float64), *flags, _unpack_infos(info, packer))
+
+
+class OneReply:
+    """One instance's result for EnvPool-style stepping: (index, obs or None, reward,
+    terminated, truncated, info), numbers as Python numbers (the batch casts them anyway)."""
+
+    @staticmethod
+    def encode(result: Tuple[Any, ...], packer: infopack.InfoPacker) -> Tuple[Any, ...]:
+        index, obs, reward, terminated, truncated, info = result
+        if isinstance(reward, (int, float, np.number)):
+            reward = float(reward)
+        return index, obs, reward, bool(terminated), bool(truncated), _pack_infos(info, packer)
+
+    @staticmethod
+    def decode(reply: Tuple[Any, ...], packer: infopack.InfoPacker) -> Tuple[Any, ...]:
+        return (*reply[:5], _unpack_infos(reply[5], packer))
 
 
 # -- in the worker -------------------------------------------------------------------------
@@ -231,6 +291,7 @@ def _take(conn: Connection) -> Any:
 
 def _serve(conn: Connection, parent_pid: int, shard: Shard) -> None:
     infos = infopack.InfoPacker(many=True)  # this pipe's step infos (see StepReply)
+    one_infos = infopack.InfoPacker(many=False)  # and its instances' infos (see OneReply)
     action_space = batch_space(shard.envs[0].action_space, len(shard.envs))
     while True:
         while not conn.poll(_IDLE_CHECK_S):
@@ -241,7 +302,7 @@ def _serve(conn: Connection, parent_pid: int, shard: Shard) -> None:
         except EOFError:
             return
         if op in ("step_each", "reset_each"):
-            _run_each(conn, shard, op, args)
+            _run_each(conn, shard, op, args, one_infos)
             continue
         if op == "adopt_agent_memory" and args is not None:
             args = (reduction.recv_handle(conn), *args)  # the server sends the descriptor next
@@ -259,7 +320,9 @@ def _serve(conn: Connection, parent_pid: int, shard: Shard) -> None:
             _put(conn, _failure(shard, exc, shard.first))
 
 
-def _run_each(conn: Connection, shard: Shard, op: str, args: Any) -> None:
+def _run_each(
+    conn: Connection, shard: Shard, op: str, args: Any, packer: infopack.InfoPacker
+) -> None:
     """Step (or reset) instances one by one, replying for each as soon as it is done."""
     items, options = args
     for index, value in items:
@@ -268,7 +331,7 @@ def _run_each(conn: Connection, shard: Shard, op: str, args: Any) -> None:
                 result = shard.step_one(index, value)
             else:
                 result = shard.reset_one(index, value, options)
-            _put(conn, ("ok", result))
+            _put(conn, ("ok", OneReply.encode(result, packer)))
         except Exception as exc:
             _put(conn, _failure(shard, exc, index))
 
@@ -345,6 +408,7 @@ class Worker:
         child.close()
         self.dead = False
         self.infos = infopack.InfoPacker(many=True)  # this pipe's step infos (see StepReply)
+        self.one_infos = infopack.InfoPacker(many=False)  # and its instances' (see OneReply)
 
     def describe(self) -> str:
         lo, hi = self.instances.start, self.instances.stop - 1
