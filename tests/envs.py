@@ -195,7 +195,12 @@ class InfosEnv(gymnasium.Env):
         self.t = 0
         return self.np_random.random(3, dtype=np.float32), {"x_position": 0.0}
 
+    fail_at = None  # a step number at which step raises, once (set_attr per instance)
+
     def step(self, action):
+        if self.fail_at == self.t + 1:
+            self.fail_at = None
+            raise ValueError(f"step {self.t + 1} failed on purpose")
         self.t += 1
         x = float(self.np_random.normal())
         info = {"x_position": x, "reward_run": np.float64(x / 2), "t": np.int64(self.t)}

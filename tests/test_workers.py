@@ -15,6 +15,9 @@ import pytest
 
 from portal_env import RemoteEnvError, make_vec
 from portal_env.portal import workers
+from portal_env.portal.hosted import HostedVectorEnv
+from portal_env.portal.shard import InstanceError
+from tests import envs
 from tests.conftest import ROOT, pid_alive, start_server, wait_gone
 from tests.test_agent import assert_identical
 from tests.test_vector import local_vec, vec_trajectory
@@ -289,3 +292,24 @@ def test_a_killed_pong_worker_is_named_on_the_next_step(server):
         vec.step(vec.action_space.sample())
     vec.close()
     assert child_pids(server.proc.pid) == []
+
+
+def test_a_failed_step_still_teaches_the_info_schema_the_other_shard_sent():
+    """Step 10 changes the infos' types back (Infos-v0); instance 3 fails in that step, and
+    shard 0's infos of steps 11 and 12 must still come back with their exact types."""
+    vec = HostedVectorEnv(envs.make, 4, ["PortalTest/Infos-v0"], {}, num_workers=2)
+    local = [envs.make("PortalTest/Infos-v0") for _ in range(2)]
+    try:
+        vec.reset([0, 1, 2, 3], None)
+        for seed, env in enumerate(local):
+            env.reset(seed=seed)
+        vec.set_attr("fail_at", [None, None, None, 10])
+        for t in range(1, 13):
+            expected = [env.step(0)[4] for env in local]
+            if t == 10:
+                with pytest.raises(InstanceError, match="env instance 3 raised ValueError"):
+                    vec.step(np.zeros(4, np.int64))
+                continue
+            assert_identical(vec.step(np.zeros(4, np.int64))[4][:2], expected)
+    finally:
+        vec.close()

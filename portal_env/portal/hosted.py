@@ -244,8 +244,8 @@ class HostedVectorEnv:
             lo, hi = worker.instances.start, worker.instances.stop
             part = actions[lo:hi] if whole else per_instance[lo:hi]  # type: ignore[index]
             worker.send("step", workers.step_actions(part))
-        replies = workers.gather(self.workers, "step")
-        return [workers.StepReply.decode(r, w.infos) for w, r in zip(self.workers, replies)]
+        decode = workers.StepReply.decode
+        return workers.gather(self.workers, "step", lambda w, reply: decode(reply, w.infos))
 
     def _gathered(self, op: str, *args: Any) -> tuple:
         return tuple(value for part in self._each_shard(op, None, *args) for value in part)

@@ -40,7 +40,7 @@ import traceback
 import warnings
 from multiprocessing import reduction
 from multiprocessing.connection import Connection, wait
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from gymnasium.vector.utils import batch_space, iterate
@@ -513,12 +513,19 @@ def start(
     return workers
 
 
-def gather(workers: List[Worker], op: str) -> List[Any]:
-    """Every worker's reply to op, in shard order; the first failure raises after all replied."""
+def gather(
+    workers: List[Worker], op: str, decode: Optional[Callable[[Worker, Any], Any]] = None
+) -> List[Any]:
+    """Every worker's reply to op, in shard order; the first failure raises after all replied.
+
+    decode(worker, reply) runs on each reply as it comes, failure or not, so a
+    reply that teaches an info schema is always learnt (see StepReply).
+    """
     results, failure = [], None
     for worker in workers:
         try:
-            results.append(worker.receive(op))
+            reply = worker.receive(op)
+            results.append(decode(worker, reply) if decode else reply)
         except (InstanceError, WorkerError) as exc:
             failure = failure or exc
             results.append(None)
