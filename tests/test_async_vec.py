@@ -98,12 +98,16 @@ def test_a_slow_instance_does_not_hold_up_the_others(server):
 def test_misuse_is_reported_with_the_value_at_fault(server):
     vec = make_vec("custom", 3, ["CartPole-v1"], num_workers=3, batch_size=2, **server.kwargs())
     vec.async_reset(seed=0)
-    vec.recv()
+    first = vec.recv()[4]["env_id"]
     with pytest.raises(RemoteEnvError, match="'step' while instances \\[.\\] were sent"):
         vec.step(np.zeros(3, np.int64))
     vec.send(np.zeros(1, np.int64), [7])
     with pytest.raises(RemoteEnvError, match="env_id 7 is out of range for 3 envs"):
         vec.recv()
+    # the failed send's recv took nothing: the instance still in flight comes back next
+    vec.send(np.zeros(1, np.int64), first[:1])
+    again = vec.recv()[4]["env_id"]
+    assert sorted(again.tolist()) == sorted(set(range(3)) - {int(first[1])})
     with pytest.raises(ValueError, match="batch_size must be from 1 to num_envs=3, got 4"):
         make_vec("custom", 3, ["CartPole-v1"], batch_size=4, **server.kwargs())
     vec.close()

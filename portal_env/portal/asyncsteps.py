@@ -27,7 +27,7 @@ class AsyncSteps:
         self.vec = vec
         self.in_flight = np.zeros(vec.num_envs, dtype=np.bool_)
         self.done: Deque[Result] = deque()
-        self.failure: Optional[InstanceError] = None
+        self.failure: Optional[Exception] = None
         self._action_spaces: Dict[int, Any] = {}
 
     def check_idle(self, op: str) -> None:
@@ -52,16 +52,28 @@ class AsyncSteps:
         return ids
 
     def send(self, env_ids: Sequence[Any], actions: Any) -> None:
-        ids = self._claim(env_ids)
-        space = self._action_spaces.get(len(ids))
-        if space is None:
-            space = batch_space(self.vec.facts["action_space"], len(ids))
-            self._action_spaces[len(ids)] = space
-        self._dispatch("step_each", list(zip(ids, iterate(space, actions))), None)
+        try:
+            ids = self._claim(env_ids)
+            space = self._action_spaces.get(len(ids))
+            if space is None:
+                space = batch_space(self.vec.facts["action_space"], len(ids))
+                self._action_spaces[len(ids)] = space
+            self._dispatch("step_each", list(zip(ids, iterate(space, actions))), None)
+        except Exception as exc:
+            self._keep(exc)
 
     def reset(self, seeds: Sequence[Optional[int]], options: Optional[dict]) -> None:
-        ids = self._claim(range(self.vec.num_envs))
-        self._dispatch("reset_each", list(zip(ids, seeds)), options)
+        try:
+            ids = self._claim(range(self.vec.num_envs))
+            self._dispatch("reset_each", list(zip(ids, seeds)), options)
+        except Exception as exc:
+            self._keep(exc)
+
+    def _keep(self, exc: Exception) -> None:
+        """A failed send or reset raises from the next recv, before it takes any result:
+        the agent sends that recv without waiting for the send's reply (Client.call_next)."""
+        if self.failure is None:
+            self.failure = exc
 
     def _dispatch(self, op: str, items: List[Tuple[int, Any]], options: Any) -> None:
         local = self.vec.local

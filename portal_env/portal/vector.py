@@ -107,7 +107,7 @@ class PortalVectorEnv(gymnasium.vector.VectorEnv):
     def recv(self) -> Tuple[Any, Any, Any, Any, Dict[str, Any]]:
         """The first batch_size instances to finish: obs, rewards, terminations,
         truncations and infos batched along the first axis, info["env_id"] their ids."""
-        obs, rewards, terminations, truncations, infos, ids = self._client.call(
+        obs, rewards, terminations, truncations, infos, ids = self._client.call_next(
             "recv", self.batch_size
         )
         merged = self._merge(infos, len(ids))
