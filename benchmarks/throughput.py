@@ -342,19 +342,21 @@ def measure_upstream(row: Row, env_id: str, plan: Plan, quick: bool) -> None:
     """Upstream's server and agent, both in the upstream venv; the agent reports JSON."""
     python = str(upstream_venv())
     port = free_port()
+    # without PYTHONPATH: a checkout of this project on it would shadow upstream's package
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     with tempfile.TemporaryFile("w+") as log:
         server = [python, str(SCRIPT), "--upstream-serve", "--port", str(port)]
-        with process_group(server, log) as proc:
+        with process_group(server, log, env) as proc:
             wait_until(lambda: accepts_connections(port), proc, log, "the upstream server")
             agent = [python, str(SCRIPT), "--upstream-agent", env_id, "--port", str(port)]
-            result = run_agent(agent + (["--quick"] if quick else []))
+            result = run_agent(agent + (["--quick"] if quick else []), env)
     row.runs, row.steps = result["runs"], result["steps"]
 
 
-def run_agent(cmd: List[str]) -> Dict[str, Any]:
+def run_agent(cmd: List[str], env: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
     """Run an agent subprocess (own process group) and parse the JSON line it prints last."""
     with tempfile.TemporaryFile("w+") as log:
-        with process_group(cmd, log) as proc:
+        with process_group(cmd, log, env) as proc:
             try:
                 proc.wait(timeout=AGENT_TIMEOUT_S)
             except subprocess.TimeoutExpired:
