@@ -316,8 +316,9 @@ def make_vec(
             ready (a learner started with its job's servers: $SLURM_JOB_NUM_NODES).
         num_workers: Worker processes on each server's host, each stepping a
             contiguous shard of the instances, all shards at once (default: one per
-            core available to the server, at most its instances; 0 steps them in the
-            server's connection thread, one after another).
+            core available to the server, at most its instances, if a probe step of
+            the env says workers pay off, else none; 0 steps them in the server's
+            connection thread, one after another).
         batch_size: One server only: how many instances recv() returns, EnvPool-style
             (send(actions, env_ids) starts steps and returns at once; recv() returns the
             first batch_size to finish, with info["env_id"]).
