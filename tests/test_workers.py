@@ -117,6 +117,22 @@ def test_pong_sharded_matches_sync_vector_env(server, num_workers, screen_into):
     remote.close()
 
 
+def test_grayscale_frames_are_written_into_the_servers_shared_batch(server):
+    """A 33 KB batch takes the socket, not the agent's memory: with the hook, ALE writes
+    the frame straight into the shared batch the worker and the server hold."""
+    kwargs = {"obs_type": "grayscale"}
+    remote = make_vec(
+        "custom", 1, ["ALE/Pong-v5"], dict(kwargs, screen_into=True), num_workers=1,
+        **server.kwargs(),
+    )  # fmt: skip
+    assert remote._client.layout.shm is None
+    local = local_vec("ALE/Pong-v5", 1, **kwargs)
+    assert_identical(vec_trajectory(remote, 2, 30), vec_trajectory(local, 2, 30))
+    assert remote.get_attr("portal_screen_writes")[0] >= 29
+    remote.close()
+    local.close()
+
+
 def test_render_call_and_attributes_across_shards(server):
     vec = make_vec(
         "custom",
