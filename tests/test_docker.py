@@ -216,7 +216,9 @@ def test_interrupted_build_tags_nothing_and_leaves_no_container(
     build = subprocess.Popen(CLI + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def step_containers() -> list:
-        return [c for c in client.containers.list(all=True) if "slow-step" in str(c.attrs)]
+        # one listing call: containers.list() inspects each container after listing, and
+        # a build container that goes in between raises NotFound
+        return [c["Id"] for c in client.api.containers(all=True) if "slow-step" in str(c)]
 
     deadline = time.monotonic() + 60
     while not step_containers():  # Docker runs the slow step in a build container
