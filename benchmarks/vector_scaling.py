@@ -6,13 +6,15 @@ Usage: python benchmarks/vector_scaling.py [--quick] [--plot benchmarks/vector_s
 Two tables, each from one run of this script:
 
 1. Targets (issue 13): Pong-v5 x8 and CartPole-v1 x8 as ``SyncVectorEnv``,
-   ``AsyncVectorEnv`` and ``make_vec`` (default workers, and ``num_workers=0``);
+   ``AsyncVectorEnv`` and ``make_vec`` (default workers, and ``num_workers=0``),
+   beside the ceiling: one process per core, each stepping its share of the envs as a
+   ``SyncVectorEnv``, all at once and with no communication (what the cores can give);
    an agent that spends 1 ms of busy CPU per batch stepping Pong x8 synchronously
    versus with ``batch_size=4`` (``send``/``recv``), and the same with the agent
    sleeping 1 ms instead (inference on an accelerator); single envs (CartPole, Pong,
    HalfCheetah-v5 when mujoco imports) in-process versus over a Unix socket.
 2. Scaling: Pong-v5 x16 as ``make_vec`` with ``num_workers`` = 0..cores, beside
-   ``SyncVectorEnv``, ``AsyncVectorEnv`` and EnvPool's own Pong-v5 x16 (its own
+   ``SyncVectorEnv``, ``AsyncVectorEnv``, the ceiling, and EnvPool's own Pong-v5 x16 (its own
    preprocessing; run by a Python that has envpool, default
    ``~/.cache/portal-env-bench/vec-envpool/bin/python``, else n/a).
 
@@ -56,6 +58,7 @@ TOKEN = "vector-scaling-token"
 SEED = 0
 PONG, CARTPOLE, CHEETAH = "ALE/Pong-v5", "CartPole-v1", "HalfCheetah-v5"
 BUSY_S = 0.001  # the stand-in for an agent's inference per batch
+BUSY_SYNC = "make_vec step + 1 ms"
 DEFAULT_ENVPOOL_PYTHON = Path.home() / ".cache/portal-env-bench/vec-envpool/bin/python"
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -351,6 +354,49 @@ print(json.dumps(dict(rate=calls * {n} / wall, cpu_per_1000=used / (calls * {n})
 """
 
 
+def parallel_ceiling(env_id: str, n: int, processes: int) -> Callable:
+    """The most the cores give: `processes` processes, each stepping its share of n envs as a
+    SyncVectorEnv, with no communication at all; (summed steps/s, CPU/1k, PSS MB)."""
+
+    def run(plan: Plan) -> Tuple[float, float, float]:
+        import multiprocessing
+
+        context = multiprocessing.get_context("fork")
+        start = context.Barrier(processes)
+        results = context.Queue()
+        shares = [n // processes + (1 if k < n % processes else 0) for k in range(processes)]
+        children = [
+            context.Process(target=_ceiling_child, args=(env_id, share, plan, start, results))
+            for share in shares
+        ]
+        for child in children:
+            child.start()
+        try:
+            reports = [results.get(timeout=120) for _ in children]
+        finally:
+            for child in children:
+                child.join(10)
+                if child.is_alive():
+                    child.kill()
+        steps = sum(r[0] for r in reports)
+        cpu = sum(r[1] for r in reports)
+        return steps / plan.repeat_s, cpu / steps * 1000, sum(r[2] for r in reports)
+
+    return run
+
+
+def _ceiling_child(env_id: str, n: int, plan: Plan, start: Any, results: Any) -> None:
+    step, _ = local_vector(env_id, n, False)(ExitStack())
+    end = time.perf_counter() + plan.warmup_s
+    while time.perf_counter() < end:
+        step()
+    start.wait()
+    steps, c0, end = 0, cpu_seconds([os.getpid()]), time.perf_counter() + plan.repeat_s
+    while time.perf_counter() < end:
+        steps += step()
+    results.put((steps, cpu_seconds([os.getpid()]) - c0, pss_mb([os.getpid()])))
+
+
 # --- timing ------------------------------------------------------------------------------
 
 
@@ -416,14 +462,20 @@ def run_rows(rows: List[Row], plan: Plan) -> None:
 # --- tables ------------------------------------------------------------------------------
 
 
+def ceiling_row(group: str, env_id: str, n: int, cores: int) -> Row:
+    row = Row(group, f"ceiling: {cores} processes, no communication", lambda stack: (None, []))
+    row.external = parallel_ceiling(env_id, n, cores)
+    return row
+
+
 def target_rows(cores: int) -> List[Row]:
-    del cores
     rows = [
+        ceiling_row("pong8", PONG, 8, cores),
         Row("pong8", "SyncVectorEnv", local_vector(PONG, 8, False)),
         Row("pong8", "AsyncVectorEnv", local_vector(PONG, 8, True)),
         Row("pong8", "make_vec", portal_vector(PONG, 8)),
         Row("pong8", "make_vec num_workers=0", portal_vector(PONG, 8, num_workers=0)),
-        Row("busy", "make_vec step + 1 ms", portal_vector(PONG, 8, busy=BUSY_S)),
+        Row("busy", BUSY_SYNC, portal_vector(PONG, 8, busy=BUSY_S)),
         Row(
             "busy",
             "make_vec batch_size=4 + 1 ms",
@@ -450,7 +502,7 @@ def target_rows(cores: int) -> List[Row]:
 TARGETS = [  # (group, numerator, denominator, at least)
     ("pong8", "make_vec", "SyncVectorEnv", 1.5),
     ("pong8", "make_vec", "AsyncVectorEnv", 1.5),
-    ("busy", "make_vec batch_size=4 + 1 ms", "make_vec step + 1 ms", 1.3),
+    ("busy", "make_vec batch_size=4 + 1 ms", BUSY_SYNC, 1.3),
     ("cp8", "make_vec", "AsyncVectorEnv", 4.0),
     ("cp8", "make_vec", "SyncVectorEnv", 0.7),
     ("pong1", "portal Unix", "in-process", 0.90),
@@ -459,6 +511,7 @@ TARGETS = [  # (group, numerator, denominator, at least)
 ]
 
 COMPARISONS = [  # informational ratios, no target
+    ("pong8", "make_vec", "ceiling: {cores} processes, no communication"),
     ("sleep", "make_vec batch_size=4 + 1 ms", "make_vec step + 1 ms"),
     ("pong8", "make_vec num_workers=0", "SyncVectorEnv"),
     ("cp8", "make_vec num_workers=0", "SyncVectorEnv"),
@@ -486,6 +539,7 @@ def scaling_rows(cores: int, envpool_python: Optional[Path]) -> List[Row]:
         rows.append(
             Row("scale", f"make_vec num_workers={k}", portal_vector(PONG, 16, num_workers=k))
         )
+    rows.append(ceiling_row("scale", PONG, 16, cores))
     envpool = Row("scale", "EnvPool Pong-v5 (own preprocessing)", lambda stack: (None, []))
     if envpool_python is not None and envpool_python.exists():
         envpool.external = envpool_row(16, envpool_python)
@@ -519,7 +573,7 @@ def format_rows(rows: List[Row]) -> str:
     return "\n".join(lines)
 
 
-def format_targets(rows: List[Row]) -> str:
+def format_targets(rows: List[Row], cores: int) -> str:
     lines = ["\nTargets (best of interleaved repetitions, ratios from this run)"]
     for group, num, den, bound in TARGETS:
         a, b = value(rows, group, num), value(rows, group, den)
@@ -529,12 +583,30 @@ def format_targets(rows: List[Row]) -> str:
             continue
         verdict = "PASS" if a / b >= bound else "MISS"
         lines.append(f"  {label:70} {a / b:5.2f}  (target >= {bound:g}) {verdict}")
+    lines.append(busy_bound(rows, cores))
     lines.append("Comparisons (no target)")
     for group, num, den in COMPARISONS:
+        den = den.format(cores=cores)
         a, b = value(rows, group, num), value(rows, group, den)
         ratio = f"{a / b:5.2f}" if a and b else "  n/a"
         lines.append(f"  {TITLES[group] + ': ' + num + ' / ' + den:70} {ratio}")
     return "\n".join(lines)
+
+
+def busy_bound(rows: List[Row], cores: int) -> str:
+    """The most batch_size=4 can give over the synchronous loop on these cores, whatever
+    the scheduling: every core busy all the time with the agent's 1 ms per batch of 4 and the
+    envs' own steps (CPU per step from SyncVectorEnv), and never faster than the agent's
+    one batch per 1 ms."""
+    sync, stepped = value(rows, "pong8", "SyncVectorEnv"), value(rows, "busy", BUSY_SYNC)
+    if not (sync and stepped):
+        return "  bound for the busy-agent target: n/a"
+    batch = 4
+    best = min(cores / (BUSY_S / batch + 1 / sync), batch / BUSY_S)
+    return (
+        f"  bound for the busy-agent target on {cores} cores, with no overhead at all: "
+        f"{best:,.0f} env-steps/s, {best / stepped:.2f}x the synchronous loop"
+    )
 
 
 def plot(rows: List[Row], path: Path, cores: int, load: Tuple[float, float]) -> None:
@@ -552,6 +624,7 @@ def plot(rows: List[Row], path: Path, cores: int, load: Tuple[float, float]) -> 
         "SyncVectorEnv": (":", "gray"),
         "AsyncVectorEnv": ("--", "tab:orange"),
         "EnvPool Pong-v5 (own preprocessing)": ("-.", "tab:green"),
+        f"ceiling: {cores} processes, no communication": ("-", "tab:red"),
     }
     for name, (style, color) in styles.items():
         y = value(scale, "scale", name)
@@ -600,7 +673,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         run_rows(targets, plan)
         rows += targets
         print(format_rows(targets))
-        print(format_targets(targets))
+        print(format_targets(targets, cores))
     if args.only != "targets":
         scale = scaling_rows(cores, args.envpool_python)
         run_rows(scale, plan)

@@ -1,4 +1,4 @@
-"""Single-env observations as read-only views into a ring of shared slots."""
+"""Large observations (and vector batches) as read-only views into a ring of shared slots."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import mmap
 import numpy as np
 import pytest
 
-from portal_env import AgentSidePortal, PortalEnvError
+from portal_env import AgentSidePortal, PortalEnvError, make_vec
 from portal_env.portal import obsring
 from tests import envs
 from tests.test_agent import assert_identical, run_trajectory
+from tests.test_vector import local_vec, vec_trajectory
 
 
 def test_a_slot_is_reused_only_when_no_view_of_it_is_left():
@@ -80,3 +81,22 @@ def test_ale_writes_frames_straight_into_shared_memory(server, obs_type):
     expected = [local.step(1)[0] for _ in range(6)]
     assert_identical([k.copy() for k in kept], expected)
     env.close()
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_vector_batches_are_ring_views_that_stay_exact(server, num_workers):
+    """Each fast step's batch is written (by ALE itself, in the server thread or the
+    workers) into a free ring slot, and reaches the agent as a read-only view."""
+    remote = make_vec(
+        "custom", 3, ["ALE/Pong-v5"], {"screen_into": True}, num_workers=num_workers,
+        **server.kwargs(),
+    )  # fmt: skip
+    assert remote._client.layout.ring is not None
+    kept = vec_trajectory(remote, 4, 10)  # 10 batches kept: more than the ring's 4
+    assert_identical(kept, vec_trajectory(local_vec("ALE/Pong-v5", 3), 4, 10))
+    views = [not step[0].flags.writeable for step in kept[1:]]
+    assert views == [True] * 4 + [False] * 6  # the ring's 4, then copies of the scratch slot
+    assert all(w >= 10 for w in remote.get_attr("portal_screen_writes"))
+    del kept, views
+    assert not remote.step(remote.action_space.sample())[0].flags.writeable  # slots freed
+    remote.close()

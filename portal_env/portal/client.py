@@ -69,7 +69,7 @@ class Client:
         local = self.address.path is not None or self.address.host in _LOOPBACK
         if not (local and layout.wants_shared_memory()):
             return
-        # Single envs ask for a ring of observation slots beyond the first (obsring);
+        # We ask for a ring of observation (batch) slots beyond the first (obsring);
         # the server makes the file of that size, we only map what it made.
         slots = obsring.slots_for(layout.capacity) if layout.max_ring else 0
         size = layout.capacity * (1 + slots)

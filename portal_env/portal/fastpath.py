@@ -118,12 +118,56 @@ class _Layout:
         self.ring: Optional[obsring.Ring] = None  # the agent's view slots (single envs)
         self.ring_slots = 0  # slots beyond the scratch one that shm holds
         self.slot = 0  # the ring slot the current step's obs goes to
+        self._slot_views: Tuple[Any, dict] = (None, {})  # (shm, slot: its array)
         self.infos = infopack.InfoPacker(many_infos)
         self._encoder = codec.Encoder()
         self._decoder = codec.Decoder()
 
     def wants_shared_memory(self) -> bool:
         return self.capacity >= sharedmem.MIN_BYTES
+
+    # -- ring slots (obsring): the agent names one per fast request --------
+
+    @property
+    def max_ring(self) -> int:
+        """Ring slots a request's first byte can name; none without a fast obs layout."""
+        return 15 if self.obs is not None else 0
+
+    _fresh = False
+
+    def _ask_slot(self, request: bytes) -> bytes:
+        """request with a free ring slot named in its first byte (none: the scratch slot)."""
+        if self.ring is None:
+            return request
+        self.slot = self.ring.free_slot()
+        return _TAGS[request[0] | self.slot << 4] + request[1:] if self.slot else request
+
+    def _take_slot(self, payload: Any) -> bytes:
+        """The ring slot a fast request names (kept for its reply); returns its action tag."""
+        self.slot = payload[0] >> 4
+        self._fresh = True  # obs_target() may be used for this request's reply
+        if self.slot > self.ring_slots:
+            raise ProtocolError(f"fast step request for ring slot {self.slot} of {self.ring_slots}")
+        return _TAGS[payload[0] & 15]
+
+    def obs_target(self) -> Optional[np.ndarray]:
+        """Where the reply to the fast request just decoded puts its obs in shared memory.
+
+        None unless such a request is being answered (a general-codec step must
+        not write into a ring slot the agent may still hold).
+        """
+        if not self._fresh or self.shm is None or self.obs is None:
+            return None
+        self._fresh = False
+        shm, views = self._slot_views
+        if shm is not self.shm:  # one array per slot, made once: writers cache by array
+            shm, views = self._slot_views = (self.shm, {})
+        view = views.get(self.slot)
+        if view is None:
+            obs, offset = self.obs, self.slot * self.capacity
+            view = np.frombuffer(shm, obs.dtype, obs.count, offset).reshape(obs.shape)
+            views[self.slot] = view
+        return view
 
     def allow_pickle(self, allowed: bool) -> None:
         """Let info values travel pickled (trusted peers only; see codec)."""
@@ -192,29 +236,9 @@ class EnvLayout(_Layout):
 
     # -- requests ----------------------------------------------------------
 
-    max_ring = 15  # ring slots a request's first byte can name
-
-    _fresh = False
-
-    def obs_target(self) -> Optional[np.ndarray]:
-        """Where the reply to the fast request just decoded puts its obs in shared memory.
-
-        None unless such a request is being answered (a general-codec step must
-        not write into a ring slot the agent may still hold).
-        """
-        if not self._fresh or self.shm is None or self.obs is None:
-            return None
-        self._fresh = False
-        obs = self.obs
-        offset = self.slot * self.capacity
-        return np.frombuffer(self.shm, obs.dtype, obs.count, offset).reshape(obs.shape)
-
     def encode_action(self, action: Any) -> Optional[bytes]:
         request = self._encode_action(action)
-        if request is None or self.ring is None:
-            return request
-        self.slot = self.ring.free_slot()
-        return _TAGS[request[0] | self.slot << 4] + request[1:] if self.slot else request
+        return None if request is None else self._ask_slot(request)
 
     def _encode_action(self, action: Any) -> Optional[bytes]:
         slot, kind = self.action, type(action)
@@ -233,11 +257,7 @@ class EnvLayout(_Layout):
         slot = self.action
         if slot is None or len(payload) < 1:
             raise ProtocolError("fast step request for an env without a fast layout")
-        self.slot = payload[0] >> 4
-        self._fresh = True  # obs_target() may be used for this request's reply
-        if self.slot > self.ring_slots:
-            raise ProtocolError(f"fast step request for ring slot {self.slot} of {self.ring_slots}")
-        tag = _TAGS[payload[0] & 15]
+        tag = self._take_slot(payload)
         if tag == _ACTION_INT and len(payload) == 9:
             return int.from_bytes(payload[1:9], "little", signed=True)
         if tag == _ACTION_SCALAR and len(payload) == 1 + slot.nbytes:
@@ -288,8 +308,6 @@ class EnvLayout(_Layout):
 class VectorLayout(_Layout):
     """Step layout of N envs: actions → (obs, rewards, terminations, truncations, infos)."""
 
-    max_ring = 0  # the batch has one place in shared memory
-
     def __init__(self, observation_space: Any, action_space: Any, num_envs: int) -> None:
         super().__init__(batch_space(observation_space, num_envs), many_infos=True)
         obs = slot_for(observation_space)
@@ -301,11 +319,11 @@ class VectorLayout(_Layout):
 
     def encode_action(self, actions: Any) -> Optional[bytes]:
         if self.action is not None and self.action.fits(actions):
-            return _ACTION_ARRAY + bytes(Slot.raw(actions))
+            return self._ask_slot(_ACTION_ARRAY + bytes(Slot.raw(actions)))
         return None
 
     def decode_action(self, payload: Any) -> Any:
-        if self.action is None or bytes(payload[:1]) != _ACTION_ARRAY:
+        if self.action is None or len(payload) < 1 or self._take_slot(payload) != _ACTION_ARRAY:
             raise ProtocolError("malformed fast step request for a vector env")
         if len(payload) != 1 + self.action.nbytes:
             raise ProtocolError(f"fast vector step request of {len(payload)} bytes")
@@ -328,7 +346,8 @@ class VectorLayout(_Layout):
         if any(infos):
             info_flags, size = self._put_info(infos, parts, size)
             flags |= info_flags
-        parts[0] = _HEAD.pack(0, 0, 0, flags, 0, 0.0)
+        slot = self.slot if flags & _OBS_SHARED else 0
+        parts[0] = _HEAD.pack(0, 0, 0, flags, slot, 0.0)
         return parts, size
 
     def decode_result(self, payload: Any) -> List[Any]:

@@ -121,7 +121,8 @@ class HostedVectorEnv:
         self.local: Optional[Shard] = None
         self.workers: List[workers.Worker] = []
         self.batch: Optional[batchmem.SharedBatch] = None
-        self.step_obs: Optional[np.ndarray] = None  # the agent's mapping, when workers write it
+        self.agent_memory = False  # the workers write fast steps' observations to the agent
+        self._layout: Optional[fastpath.VectorLayout] = None
         if count == 0:
             self.local = Shard(factory, args, kwargs, 0, num_envs)
             self.facts = self.local.facts()
@@ -167,8 +168,8 @@ class HostedVectorEnv:
 
         fd is a descriptor of the file the server made for it (server.Session);
         each worker gets a duplicate over its pipe and maps that, never a path.
-        Only where the step layout keeps a plain observation array at its start
-        (what fastpath.Slot.share writes); the reply then needs no copy here.
+        Only where the step layout keeps a plain observation array in each ring
+        slot (what fastpath.Slot.share writes); the reply then needs no copy here.
         """
         if not self.workers or layout.obs is None or layout.shm is None:
             return
@@ -181,15 +182,16 @@ class HostedVectorEnv:
                 worker.send("adopt_agent_memory", None)
             workers.gather(self.workers, "adopt_agent_memory")
             return  # observations then go through the shared batch, as for TCP
-        self.step_obs = np.frombuffer(layout.shm, slot.dtype, slot.count).reshape(slot.shape)
+        self.agent_memory = True
 
     def describe(self) -> Dict[str, Any]:
         return _describe(self.facts)
 
     def layout(self) -> fastpath.VectorLayout:
-        return fastpath.VectorLayout(
+        self._layout = fastpath.VectorLayout(
             self.facts["observation_space"], self.facts["action_space"], self.num_envs
         )
+        return self._layout
 
     def _batch(self, shard_observations: Sequence[Any]) -> Any:
         if self.batch is not None:
@@ -221,21 +223,26 @@ class HostedVectorEnv:
         return [self._batch([part[0] for part in results]), infos]
 
     def step(self, actions: Any) -> Any:
+        # A fast step's batch goes straight to the agent's ring slot (None otherwise).
+        target = self._layout.obs_target() if self._layout is not None else None
         self.pending.check_idle("step")
         if self.local is not None:
-            results = [self.local.step(list(iterate(self.action_space, actions)))]
+            results = [self.local.step(list(iterate(self.action_space, actions)), target)]
         else:
-            results = self._step_workers(actions)
+            offset = None
+            if target is not None and self.agent_memory:
+                offset = self._layout.slot * self._layout.capacity  # type: ignore[union-attr]
+            else:
+                target = None  # the workers write the shared batch; the reply copies it
+            results = self._step_workers(actions, offset)
         rewards, terminations, truncations = (
             np.concatenate([part[k] for part in results]) for k in (1, 2, 3)
         )
         infos = [info for part in results for info in part[4]]
-        if self.step_obs is not None:
-            return [self.step_obs, rewards, terminations, truncations, infos]
-        obs = self._batch([part[0] for part in results])
+        obs = target if target is not None else self._batch([part[0] for part in results])
         return [obs, rewards, terminations, truncations, infos]
 
-    def _step_workers(self, actions: Any) -> List[Any]:
+    def _step_workers(self, actions: Any, offset: Optional[int]) -> List[Any]:
         whole = isinstance(actions, np.ndarray)
         if whole and len(actions) != self.num_envs:
             raise ValueError(f"step got {len(actions)} actions for {self.num_envs} envs")
@@ -243,7 +250,7 @@ class HostedVectorEnv:
         for worker in self.workers:
             lo, hi = worker.instances.start, worker.instances.stop
             part = actions[lo:hi] if whole else per_instance[lo:hi]  # type: ignore[index]
-            worker.send("step", workers.step_actions(part))
+            worker.send("step", (workers.step_actions(part), offset))
         decode = workers.StepReply.decode
         return workers.gather(self.workers, "step", lambda w, reply: decode(reply, w.infos))
 

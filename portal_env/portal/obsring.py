@@ -1,12 +1,14 @@
-"""A ring of shared slots through which large single-env observations reach the agent uncopied.
+"""A ring of shared slots through which large observations reach the agent uncopied.
 
-The agent's shared mapping holds a scratch slot (0) and `slots` more. Before each
-step the agent names a slot nobody references any more; the server writes the
-observation there, and the agent hands out a read-only view of it instead of a
-copy. A slot is reused only once every view of it is gone (its owner array's
-reference count says so), so an observation the user keeps never changes. When
-every slot is still referenced (observations stored in a list, say), the step
-uses the scratch slot and the agent copies, as without a ring.
+The agent's shared mapping holds a scratch slot (0) and `slots` more, each the
+size of one observation (a vector env's: one batch of them). Before each step
+the agent names a slot nobody references any more; the server (or a vector
+env's workers) writes the observation there, and the agent hands out a
+read-only view of it instead of a copy. A slot is reused only once every view
+of it is gone (its owner array's reference count says so), so an observation
+the user keeps never changes. When every slot is still referenced (observations
+stored in a list, say), the step uses the scratch slot and the agent copies, as
+without a ring.
 """
 
 from __future__ import annotations

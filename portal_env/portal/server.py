@@ -159,7 +159,7 @@ class Session:
         self._withdraw_offer()
         if layout is None or not layout.wants_shared_memory() or size % layout.capacity:
             return None
-        ring = size // layout.capacity - 1  # observation slots beyond the first (single envs)
+        ring = size // layout.capacity - 1  # observation slots beyond the first (obsring)
         if not 0 <= ring <= layout.max_ring:
             return None
         try:

@@ -78,9 +78,8 @@ class Shard:
         self.space = self.envs[0].observation_space
         hooks = [screenbuf.find_hook(env) for env in self.envs]
         self._hooks = hooks if all(hooks) else None  # every env can write its obs where told
-        self._targets: Tuple[Any, List[Any]] = (None, [])  # (batch, its per-instance rows)
+        self._targets: Dict[int, Tuple[Any, List[Any]]] = {}  # id(batch): (batch, its rows)
         self.out = out
-        self.step_out: Any = None  # rows of the agent's own mapping, for step() only
         self._rows: Optional[List[Any]] = None  # per-instance views of out, made when needed
         self.autoreset = np.zeros(count, dtype=np.bool_)
 
@@ -112,13 +111,17 @@ class Shard:
         self.autoreset[:] = False
         return self._place(observations), infos
 
-    def step(self, actions: Sequence[Any]) -> Tuple[Any, ...]:
+    def step(self, actions: Sequence[Any], out: Any = None) -> Tuple[Any, ...]:
+        """Step every instance; observations go to out (this step's rows of a batch, e.g.
+        in the agent's ring slot), else self.out, else back as values (then first in the
+        result; None when written)."""
         n = len(self.envs)
         observations, infos = [], []
         rewards = np.zeros(n, dtype=np.float64)
         terminations = np.zeros(n, dtype=np.bool_)
         truncations = np.zeros(n, dtype=np.bool_)
-        targets = self._direct_targets()
+        out = self.out if out is None else out
+        targets = self._direct_targets(out)
         for i, (env, action) in enumerate(zip(self.envs, actions)):
             self.current = self.first + i
             if targets:
@@ -136,18 +139,20 @@ class Shard:
         self.autoreset = terminations | truncations
         if targets and all(obs is row for obs, row in zip(observations, targets)):
             return None, rewards, terminations, truncations, infos  # written in place
-        placed = self._place(observations, self.step_out)
+        placed = self._place(observations, out)
         return placed, rewards, terminations, truncations, infos
 
-    def _direct_targets(self) -> List[Any]:
-        """Each instance's row of the step batch, where every env can write its obs itself
-        (screenbuf); else empty."""
-        batch = self.step_out if self.step_out is not None else self.out
+    def _direct_targets(self, batch: Any) -> List[Any]:
+        """Each instance's row of batch, where every env can write its obs itself
+        (screenbuf); else empty. Rows are kept per batch (the ring's few slots)."""
         if self._hooks is None or not isinstance(batch, np.ndarray):
             return []
-        if self._targets[0] is not batch:
-            self._targets = (batch, list(batch))
-        return self._targets[1]
+        known = self._targets.get(id(batch))
+        if known is None or known[0] is not batch:
+            if len(self._targets) > 32:  # batches come from a few fixed places; never grow
+                self._targets.clear()
+            known = self._targets[id(batch)] = (batch, list(batch))
+        return known[1]
 
     def reset_one(self, index: int, seed: Optional[int], options: Optional[dict]) -> Tuple:
         """Reset instance index (global) alone: (index, obs or None, 0.0, False, False, info)."""

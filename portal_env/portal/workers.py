@@ -289,10 +289,50 @@ def _take(conn: Connection) -> Any:
     return pickle.loads(conn.recv_bytes())
 
 
+class AgentMemory:
+    """The agent's shared mapping, seen as this worker's rows of the batch in each ring slot."""
+
+    def __init__(self, mapping: mmap.mmap, dtype: Any, shape: Tuple[int, ...], shard: Shard):
+        self.mapping = mapping
+        self.dtype, self.shape = np.dtype(dtype), tuple(shape)
+        self.count = int(np.prod(shape, dtype=np.int64))
+        self.lo, self.hi = shard.first, shard.first + len(shard.envs)
+        self._rows: Dict[int, np.ndarray] = {}  # offset: rows (a few ring slots)
+
+    def rows(self, offset: int) -> np.ndarray:
+        rows = self._rows.get(offset)
+        if rows is None:
+            batch = np.frombuffer(self.mapping, self.dtype, self.count, offset)
+            rows = self._rows[offset] = batch.reshape(self.shape)[self.lo : self.hi]
+        return rows
+
+
+def _adopt(conn: Connection, shard: Shard, args: Any) -> Optional[AgentMemory]:
+    """Map the agent's memory (its descriptor follows on the pipe); reply whether it worked."""
+    if args is None:  # another worker could not map it: nobody uses it
+        _put(conn, ("ok", True))
+        return None
+    fd = reduction.recv_handle(conn)
+    size, dtype, shape = args
+    try:
+        if os.fstat(fd).st_size != size:
+            _put(conn, ("ok", False))
+            return None
+        mapping = mmap.mmap(fd, size)
+    except OSError as exc:
+        _put(conn, _failure(shard, exc, shard.first))
+        return None
+    finally:
+        os.close(fd)  # the mapping stays
+    _put(conn, ("ok", True))
+    return AgentMemory(mapping, dtype, shape, shard)
+
+
 def _serve(conn: Connection, parent_pid: int, shard: Shard) -> None:
     infos = infopack.InfoPacker(many=True)  # this pipe's step infos (see StepReply)
     one_infos = infopack.InfoPacker(many=False)  # and its instances' infos (see OneReply)
     action_space = batch_space(shard.envs[0].action_space, len(shard.envs))
+    memory: Optional[AgentMemory] = None  # where the server may have step observations go
     while True:
         while not conn.poll(_IDLE_CHECK_S):
             if os.getppid() != parent_pid:
@@ -304,15 +344,18 @@ def _serve(conn: Connection, parent_pid: int, shard: Shard) -> None:
         if op in ("step_each", "reset_each"):
             _run_each(conn, shard, op, args, one_infos)
             continue
-        if op == "adopt_agent_memory" and args is not None:
-            args = (reduction.recv_handle(conn), *args)  # the server sends the descriptor next
+        if op == "adopt_agent_memory":
+            memory = _adopt(conn, shard, args)
+            continue
         try:
             if op == "close":
                 shard.close()
                 _put(conn, ("ok", None))
                 return
-            if op == "step":
-                result = shard.step(actions_of(args, action_space))
+            if op == "step":  # (actions, offset of this step's batch in the agent's memory)
+                actions, offset = args
+                out = None if offset is None or memory is None else memory.rows(offset)
+                result = shard.step(actions_of(actions, action_space), out)
                 _put(conn, ("ok", StepReply.encode(result, infos)))
                 continue
             _put(conn, ("ok", _run(shard, op, args)))
@@ -350,21 +393,6 @@ def _run(shard: Shard, op: str, args: Any) -> Any:
         finally:
             os.close(fd)  # the mapping stays; the descriptor is not needed any more
         return None
-    if op == "adopt_agent_memory":
-        if args is None:  # another worker could not map it: nobody uses it
-            shard.step_out = None
-            return True
-        fd, size, dtype, shape = args
-        try:
-            if os.fstat(fd).st_size != size:
-                return False
-            mapping = mmap.mmap(fd, size)
-        finally:
-            os.close(fd)  # the mapping stays
-        count = int(np.prod(shape, dtype=np.int64))
-        batch = np.frombuffer(mapping, dtype, count).reshape(shape)
-        shard.step_out = batch[shard.first : shard.first + len(shard.envs)]
-        return True
     return shard.each(op, *args)
 
 
