@@ -653,6 +653,8 @@ class _BigObsEnv(gymnasium.Env):
         (["make_vec", 2, []], True),
         (["make_vec", 2, [], {}, 1, 1], True),
         (["make_vec", 2, [], {}, "1"], True),
+        (["make_vec", 2, [], {}, None, True], False),  # asynchronous, the server picks
+        (["make_vec", 2, [], {}, 1, "yes"], True),
         (["async_reset", [None], None], False),
         (["async_reset", [None]], True),
         (["send", [0], [1]], False),

@@ -65,17 +65,18 @@ def test_split_is_contiguous_and_balanced():
     assert workers.available_cores() >= 1
 
 
-@pytest.mark.parametrize("num_workers", [1, 2, 3])
+@pytest.mark.parametrize("num_workers", [2, 3, 4])
 @pytest.mark.parametrize(
     "env_id,num_envs,steps",
-    [("CartPole-v1", 5, 220), ("PortalTest/Rich-v0", 5, 20), ("PortalTest/Typed-v0", 4, 45)],
+    [("CartPole-v1", 5, 220), ("PortalTest/Rich-v0", 5, 20), ("PortalTest/Typed-v0", 5, 45)],
 )
 def test_sharded_trajectory_is_bit_identical_to_sync_vector_env(
     server, env_id, num_envs, steps, num_workers
 ):
     remote = make_vec("custom", num_envs, [env_id], num_workers=num_workers, **server.kwargs())
     local = local_vec(env_id, num_envs)
-    assert len(child_pids(server.proc.pid)) == num_workers
+    # the server thread steps the first shard; 1, 2, 3 forked workers the others
+    assert len(child_pids(server.proc.pid)) == num_workers - 1
     expected = vec_trajectory(local, 3, steps)
     assert_identical(vec_trajectory(remote, 3, steps), expected)
     # Episodes end in different shards within these steps: autoreset ran across shards.
@@ -94,7 +95,7 @@ def test_by_default_cheap_envs_step_in_the_server_and_slow_ones_in_workers(serve
     slow = {"delay": 0.002}  # 4 x 2 ms a batch: workers pay off
     with make_vec("custom", 4, ["PortalTest/Slow-v0"], slow, **server.kwargs()) as vec:
         vec.reset(seed=0)
-        assert len(child_pids(server.proc.pid)) == (min(cores, 4) if cores > 1 else 0)
+        assert len(child_pids(server.proc.pid)) == (min(cores, 4) - 1 if cores > 1 else 0)
 
 
 def wait_gone_all(pids, seconds=10.0):
@@ -117,18 +118,21 @@ def test_pong_sharded_matches_sync_vector_env(server, num_workers, screen_into):
     remote.close()
 
 
-def test_grayscale_frames_are_written_into_the_servers_shared_batch(server):
-    """A 33 KB batch takes the socket, not the agent's memory: with the hook, ALE writes
-    the frame straight into the shared batch the worker and the server hold."""
+def test_grayscale_frames_are_written_into_the_servers_shared_batch(server, monkeypatch):
+    """A batch that takes the socket, not the agent's memory: with the hook, ALE writes
+    the frames straight into the shared batch the worker and the server hold."""
+    from portal_env.portal import sharedmem
+
+    monkeypatch.setattr(sharedmem, "MIN_BYTES", 1 << 40)  # as for an agent on another host
     kwargs = {"obs_type": "grayscale"}
     remote = make_vec(
-        "custom", 1, ["ALE/Pong-v5"], dict(kwargs, screen_into=True), num_workers=1,
+        "custom", 2, ["ALE/Pong-v5"], dict(kwargs, screen_into=True), num_workers=2,
         **server.kwargs(),
     )  # fmt: skip
     assert remote._client.layout.shm is None
-    local = local_vec("ALE/Pong-v5", 1, **kwargs)
+    local = local_vec("ALE/Pong-v5", 2, **kwargs)
     assert_identical(vec_trajectory(remote, 2, 30), vec_trajectory(local, 2, 30))
-    assert remote.get_attr("portal_screen_writes")[0] >= 29
+    assert all(w >= 29 for w in remote.get_attr("portal_screen_writes"))  # server's, worker's
     remote.close()
     local.close()
 
@@ -159,8 +163,9 @@ def test_render_call_and_attributes_across_shards(server):
 def test_pids_show_one_process_per_shard(server):
     vec = make_vec("custom", 5, ["PortalTest/Slow-v0"], num_workers=3, **server.kwargs())
     pids = vec.call("pid")
-    assert pids[0] == pids[1] and pids[2] == pids[3] and len(set(pids)) == 3
-    assert sorted(set(pids)) == child_pids(server.proc.pid)
+    assert pids[0] == pids[1] == server.proc.pid  # the first shard: the server's own thread
+    assert pids[2] == pids[3] and len(set(pids)) == 3
+    assert sorted(set(pids[2:])) == child_pids(server.proc.pid)
     vec.close()
 
 
@@ -178,7 +183,14 @@ def test_an_env_error_names_its_instance_and_the_worker_traceback(server):
     assert "env instance 4 raised ZeroDivisionError: step failed on purpose" in message
     assert "_explode" in message  # the worker's own traceback
     assert vec.step(np.zeros(5, np.int64))[1].tolist() == [0.0] * 5  # still usable
-    with pytest.raises(RemoteEnvError, match="env instance 0 raised RuntimeError: factory failed"):
+    with pytest.raises(RemoteEnvError) as caught:  # in the shard of the server's own thread
+        vec.step(np.array([0, 1, 0, 0, 1]))
+    message = str(caught.value)
+    assert "env instance 1 raised ZeroDivisionError: step failed on purpose" in message
+    assert "_explode" in message and "instance 4" not in message  # the first failure only
+    assert vec.step(np.zeros(5, np.int64))[1].tolist() == [0.0] * 5
+    # the workers are made first: the first worker's first instance names the failure
+    with pytest.raises(RemoteEnvError, match="env instance 2 raised RuntimeError: factory failed"):
         make_vec(
             "custom",
             3,
@@ -194,6 +206,7 @@ def test_a_worker_killed_mid_step_is_named_and_the_server_lives_on(server):
     vec = make_vec("custom", 5, ["PortalTest/Slow-v0"], num_workers=2, **server.kwargs())
     vec.reset(seed=0)
     pids = vec.call("pid")
+    assert pids[0] == server.proc.pid and child_pids(server.proc.pid) == [pids[3]]
     vec.set_attr("delay", [0.0, 0.0, 0.0, 2.0, 2.0])
     outcome = {}
 
@@ -205,7 +218,7 @@ def test_a_worker_killed_mid_step_is_named_and_the_server_lives_on(server):
 
     thread = threading.Thread(target=step)
     thread.start()
-    time.sleep(0.5)  # both shards are inside step; the second sleeps in instance 3
+    time.sleep(0.5)  # both shards stepped; the worker's sleeps in instance 3
     os.kill(pids[3], signal.SIGKILL)
     thread.join(30)
     error = outcome.get("error")
@@ -214,7 +227,7 @@ def test_a_worker_killed_mid_step_is_named_and_the_server_lives_on(server):
     with pytest.raises(RemoteEnvError, match="env instances 3-4 died"):
         vec.step(np.zeros(5, np.int64))
     vec.close()
-    assert wait_gone(pids[0])
+    assert wait_gone(pids[3]) and child_pids(server.proc.pid) == []
     assert server.proc.poll() is None
     with make_vec("custom", 2, ["CartPole-v1"], num_workers=2, **server.kwargs()) as fresh:
         fresh.reset(seed=0)
@@ -251,7 +264,7 @@ def test_workers_go_when_the_agent_is_sigkilled(server):
     try:
         assert agent.stdout.readline().strip() == "ready"
         pids = child_pids(server.proc.pid)
-        assert len(pids) == 3
+        assert len(pids) == 2  # the server thread steps the first shard
         files = shared_files([server.proc.pid, agent.pid, *pids])
         assert files and all(deleted for _, deleted in files)
         agent.send_signal(signal.SIGKILL)
@@ -270,7 +283,7 @@ def test_workers_go_when_the_server_is_sigkilled(tmp_path):
         vec = make_vec("custom", 3, ["ALE/Pong-v5"], num_workers=3, **handle.kwargs())
         vec.reset(seed=0)
         pids = child_pids(handle.proc.pid)
-        assert len(pids) == 3 and all(pid_alive(pid) for pid in pids)
+        assert len(pids) == 2 and all(pid_alive(pid) for pid in pids)
         files = shared_files([handle.proc.pid, os.getpid(), *pids])
         handle.proc.send_signal(signal.SIGKILL)
         handle.proc.wait(10)
@@ -300,7 +313,7 @@ def test_a_killed_pong_worker_is_named_on_the_next_step(server):
     names = {
         Path(f"/proc/{pid}/comm").read_text().strip(): pid for pid in child_pids(server.proc.pid)
     }
-    assert sorted(names) == ["penv-worker-0", "penv-worker-2"]
+    assert sorted(names) == ["penv-worker-2"]  # instances 0-1: the server's own thread
     second = names["penv-worker-2"]
     os.kill(second, signal.SIGKILL)
     assert wait_gone(second)

@@ -18,14 +18,21 @@ def make_remote(
     env_kwargs: Dict[str, Any],
     num_envs: Optional[int] = None,
     num_workers: Optional[int] = None,
+    asynchronous: bool = False,
 ) -> Dict[str, Any]:
     """Make the env on the server ("make", or "make_vec" given num_envs); a factory that
-    rejects the arguments is reported with what the agent passed and what to pass instead."""
+    rejects the arguments is reported with what the agent passed and what to pass instead.
+
+    asynchronous: the vector env will be stepped EnvPool-style (send/recv).
+    """
     if num_envs is None:
         op, args = "make", [env_args, env_kwargs]
     else:  # num_workers None: the server picks (its cores)
         op, args = "make_vec", [num_envs, env_args, env_kwargs]
-        args += [] if num_workers is None else [num_workers]
+        if asynchronous:
+            args += [num_workers, True]
+        elif num_workers is not None:
+            args += [num_workers]
     try:
         return client.call(op, *args)
     except RemoteEnvError as exc:

@@ -3,7 +3,9 @@ M that finish, with their instance ids.
 
 The server thread only hands work to the worker processes and collects what they
 report; each worker steps its instances one by one and reports each as soon as
-it is done, so a fast instance never waits for a slow one.
+it is done, so a fast instance never waits for a slow one. (A vector env made
+for synchronous use also has a shard of its own in the server thread, stepped
+there at once: its instances can hold the others up.)
 """
 
 from __future__ import annotations
@@ -76,19 +78,24 @@ class AsyncSteps:
             self.failure = exc
 
     def _dispatch(self, op: str, items: List[Tuple[int, Any]], options: Any) -> None:
-        local = self.vec.local
-        if local is not None:  # no workers: step now, in this thread
-            for index, value in items:
-                try:
-                    one = local.step_one if op == "step_each" else local.reset_one
-                    self.done.append(one(index, value, *([options] if op != "step_each" else [])))
-                except Exception as exc:
-                    self._fail(index, exc)
-            return
         for worker in self.vec.workers:
-            mine = [item for item in items if item[0] in worker.instances]
-            if mine:
-                worker.send(op, (mine, options))
+            theirs = [item for item in items if item[0] in worker.instances]
+            if theirs:
+                worker.send(op, (theirs, options))
+        local = self.vec.local
+        if local is None:
+            return
+        # The server thread's own instances (all of them without workers; the first shard
+        # of a vector env made for synchronous use): stepped now, in this thread.
+        lo, hi = local.first, local.first + len(local.envs)
+        for index, value in items:
+            if not lo <= index < hi:
+                continue
+            try:
+                one = local.step_one if op == "step_each" else local.reset_one
+                self.done.append(one(index, value, *([options] if op != "step_each" else [])))
+            except Exception as exc:
+                self._fail(index, exc)
 
     def _fail(self, index: int, exc: Exception) -> None:
         self.in_flight[index] = False

@@ -7,13 +7,14 @@ standard library, numpy and gymnasium here.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
 
+from ..config import spin_us as config_spin_us
 from . import asyncsteps, batchmem, fastpath, screenbuf, spaces, workers
-from .shard import EnvFactory, Shard, call, get_attr, set_attr
+from .shard import EnvFactory, InstanceError, Shard, call, get_attr, set_attr
 
 
 def _describe(facts: Dict[str, Any]) -> Dict[str, Any]:
@@ -78,11 +79,11 @@ class HostedEnv:
 
 
 def resolve_workers(num_workers: Optional[int], num_envs: int) -> int:
-    """How many worker processes a vector env of num_envs gets; 0 steps it in the server thread.
+    """How many processes of the server step a vector env of num_envs at once.
 
-    By default one per available core, at most one per instance; with a single
-    core a worker would only add hand-offs, so the server thread steps them.
-    The default is checked against the env itself by HostedVectorEnv (pays_off).
+    0 or 1: the server thread steps every instance. By default one per
+    available core, at most one per instance; the default is checked against
+    the env itself by HostedVectorEnv (pays_off).
     """
     if not isinstance(num_envs, int) or num_envs < 1:
         raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
@@ -100,10 +101,14 @@ def resolve_workers(num_workers: Optional[int], num_envs: int) -> int:
 class HostedVectorEnv:
     """N instances stepped together, with gymnasium 1.x next-step autoreset.
 
-    With workers, each worker process steps a contiguous shard of the instances
-    and all shards step at once; observations land in one shared batch. With
-    none, the server thread steps them one after another. Infos go back as a
-    list and are merged by the agent's own gymnasium.
+    With K workers the instances are split into K contiguous shards that step at
+    once: the server thread steps the first itself and K-1 forked worker
+    processes step the others, so no core waits for a hand-off. An
+    `asynchronous` env (EnvPool-style send/recv) forks all K instead, which keeps
+    the server thread free to report whichever instance finishes first.
+    Observations land in one shared batch. Without workers the server thread
+    steps every instance one after another. Infos go back as a list and are
+    merged by the agent's own gymnasium.
     """
 
     def __init__(
@@ -113,23 +118,31 @@ class HostedVectorEnv:
         args: Sequence[Any],
         kwargs: Dict[str, Any],
         num_workers: Optional[int] = None,
+        asynchronous: bool = False,
     ) -> None:
         count = resolve_workers(num_workers, num_envs)
         if num_workers is None and count and not workers.pays_off(factory, args, kwargs, num_envs):
             count = 0  # cheap steps: hand-offs to workers would cost more than they save
         self.num_envs = num_envs
-        self.local: Optional[Shard] = None
+        self.local: Optional[Shard] = None  # what this thread steps: all, or the first shard
         self.workers: List[workers.Worker] = []
         self.batch: Optional[batchmem.SharedBatch] = None
         self.agent_memory = False  # the workers write fast steps' observations to the agent
         self._layout: Optional[fastpath.VectorLayout] = None
-        if count == 0:
+        self._reply_spin = workers.ReplySpin(config_spin_us())
+        self._rows: Dict[int, Any] = {}  # id(ring slot's batch): (it, this thread's rows)
+        shards = workers.split(num_envs, max(count, 1))
+        forked = shards if asynchronous and count else shards[1:]
+        if not forked:
             self.local = Shard(factory, args, kwargs, 0, num_envs)
             self.facts = self.local.facts()
         else:
-            self._start_workers(factory, args, kwargs, count)
+            own = None if forked is shards else shards[0]
+            self._start_workers(factory, args, kwargs, forked, own)
         self.single_observation_space = self.facts["observation_space"]
         self.action_space = batch_space(self.facts["action_space"], num_envs)
+        if self.local is not None:
+            self._local_actions = batch_space(self.facts["action_space"], len(self.local.envs))
         self.pending = asyncsteps.AsyncSteps(self)
 
     def extra_ops(self) -> Dict[str, Any]:
@@ -141,19 +154,30 @@ class HostedVectorEnv:
         }
 
     def _start_workers(
-        self, factory: EnvFactory, args: Sequence[Any], kwargs: Dict[str, Any], count: int
+        self,
+        factory: EnvFactory,
+        args: Sequence[Any],
+        kwargs: Dict[str, Any],
+        forked: List[range],
+        own: Optional[range],
     ) -> None:
         fd = batchmem.anonymous_file(0)
         try:
-            self.workers = workers.start(
-                factory, args, kwargs, workers.split(self.num_envs, count), fd
-            )
+            # Fork first: the workers start without this thread's envs in their memory.
+            self.workers = workers.start(factory, args, kwargs, forked, fd)
+            if own is not None:
+                try:
+                    self.local = Shard(factory, args, kwargs, own.start, len(own))
+                except Exception as exc:  # named as a worker's failure would be
+                    raise InstanceError(*workers.failure(None, exc, own.start)[1:]) from None
             self.facts = self.workers[0].facts
             space = self.facts["observation_space"]
             size = batchmem.batch_bytes(space, self.num_envs)
             if size is not None:
                 os.ftruncate(fd, size)
                 self.batch = batchmem.SharedBatch(space, self.num_envs, fd)
+                if self.local is not None:
+                    self.local.out = self.batch.rows(own.start, own.stop)  # type: ignore[union-attr]
             for worker in self.workers:
                 worker.send("attach", (fd, space if size is not None else None, self.num_envs))
             workers.gather(self.workers, "attach")
@@ -203,17 +227,52 @@ class HostedVectorEnv:
     def _each_shard(self, op: str, per_instance: Optional[Sequence[Any]], *args: Any) -> List[Any]:
         """Run op on every shard at once; per_instance values are split among the shards."""
         self.pending.check_idle(op)
-        if self.local is not None:
-            if op == "reset":
-                return [self.local.reset(per_instance, *args)]
-            return [self.local.each(op, *args)]
         for worker in self.workers:
             if per_instance is None:
                 worker.send(op, args)
             else:
                 part = per_instance[worker.instances.start : worker.instances.stop]
                 worker.send(op, (part, *args))
-        return workers.gather(self.workers, op)
+
+        def run(shard: Shard) -> Any:
+            if op == "reset":
+                return shard.reset(self._local_part(per_instance), *args)
+            return shard.each(op, *args)
+
+        return self._with_local(op, run)
+
+    def _local_part(self, per_instance: Any) -> Any:
+        local = self.local
+        return per_instance[local.first : local.first + len(local.envs)]  # type: ignore[union-attr]
+
+    def _with_local(
+        self,
+        op: str,
+        run: Callable[[Shard], Any],
+        decode: Optional[Callable[[workers.Worker, Any], Any]] = None,
+    ) -> List[Any]:
+        """run(local shard) in this thread while the workers run op; every result in shard
+        order. A local failure names its instance, as a worker's does, and raises (before
+        theirs) only once every worker's reply is read, so the pipes stay in step."""
+        if not self.workers:
+            return [run(self.local)]  # type: ignore[arg-type]
+        mine, failure = [], None
+        if self.local is not None:
+            try:
+                mine.append(run(self.local))
+            except Exception as exc:
+                failure = InstanceError(*workers.failure(self.local, exc, self.local.first)[1:])
+                mine.append(None)
+        try:
+            spinner = self._reply_spin if self.local is not None else None
+            theirs = workers.gather(self.workers, op, decode, spinner)
+        except (InstanceError, workers.WorkerError):
+            if failure is None:
+                raise
+            theirs = []
+        if failure is not None:
+            raise failure
+        return mine + theirs
 
     def reset(self, seeds: Sequence[Optional[int]], options: Optional[dict]) -> Any:
         if len(seeds) != self.num_envs:
@@ -226,15 +285,15 @@ class HostedVectorEnv:
         # A fast step's batch goes straight to the agent's ring slot (None otherwise).
         target = self._layout.obs_target() if self._layout is not None else None
         self.pending.check_idle("step")
-        if self.local is not None:
-            results = [self.local.step(list(iterate(self.action_space, actions)), target)]
+        if not self.workers:
+            results = [self.local.step(list(iterate(self.action_space, actions)), target)]  # type: ignore[union-attr]
         else:
             offset = None
             if target is not None and self.agent_memory:
                 offset = self._layout.slot * self._layout.capacity  # type: ignore[union-attr]
             else:
                 target = None  # the workers write the shared batch; the reply copies it
-            results = self._step_workers(actions, offset)
+            results = self._step_shards(actions, offset, target)
         rewards, terminations, truncations = (
             np.concatenate([part[k] for part in results]) for k in (1, 2, 3)
         )
@@ -242,7 +301,8 @@ class HostedVectorEnv:
         obs = target if target is not None else self._batch([part[0] for part in results])
         return [obs, rewards, terminations, truncations, infos]
 
-    def _step_workers(self, actions: Any, offset: Optional[int]) -> List[Any]:
+    def _step_shards(self, actions: Any, offset: Optional[int], target: Any) -> List[Any]:
+        """Step the workers' shards and, meanwhile, this thread's own (writing to target)."""
         whole = isinstance(actions, np.ndarray)
         if whole and len(actions) != self.num_envs:
             raise ValueError(f"step got {len(actions)} actions for {self.num_envs} envs")
@@ -251,8 +311,25 @@ class HostedVectorEnv:
             lo, hi = worker.instances.start, worker.instances.stop
             part = actions[lo:hi] if whole else per_instance[lo:hi]  # type: ignore[index]
             worker.send("step", (workers.step_actions(part), offset))
+
+        def run(shard: Shard) -> Any:
+            lo, hi = shard.first, shard.first + len(shard.envs)
+            if whole:
+                mine = list(iterate(self._local_actions, actions[lo:hi]))
+            else:
+                mine = per_instance[lo:hi]  # type: ignore[index]
+            return shard.step(mine, None if target is None else self._rows_of(target, lo, hi))
+
         decode = workers.StepReply.decode
-        return workers.gather(self.workers, "step", lambda w, reply: decode(reply, w.infos))
+        return self._with_local("step", run, lambda w, reply: decode(reply, w.infos))
+
+    def _rows_of(self, batch: np.ndarray, lo: int, hi: int) -> np.ndarray:
+        """batch[lo:hi], the same array each time for the same batch (a ring slot's): the
+        shard keeps its per-instance rows by array."""
+        known = self._rows.get(id(batch))
+        if known is None or known[0] is not batch:
+            known = self._rows[id(batch)] = (batch, batch[lo:hi])
+        return known[1]
 
     def _gathered(self, op: str, *args: Any) -> tuple:
         return tuple(value for part in self._each_shard(op, None, *args) for value in part)
@@ -270,12 +347,10 @@ class HostedVectorEnv:
         if len(values) != self.num_envs:
             raise ValueError(f"set_attr got {len(values)} values for {self.num_envs} envs")
         self.pending.check_idle("set_attr")
-        if self.local is not None:
-            self.local.each("set_attr", name, values)
-            return
         for worker in self.workers:
             worker.send("set_attr", (name, values[worker.instances.start : worker.instances.stop]))
-        workers.gather(self.workers, "set_attr")
+        mine = self._local_part(values) if self.local is not None else []
+        self._with_local("set_attr", lambda shard: shard.each("set_attr", name, mine))
 
     def close(self) -> None:
         if self.local is not None:

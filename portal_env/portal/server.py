@@ -52,7 +52,7 @@ _VEC_OPS = ("async_reset", "send", "recv")
 _OP_ARGS: Dict[str, Tuple[type, ...]] = {
     "ping": (),
     "make": (list, dict),
-    "make_vec": (int, list, dict, int),  # the last (num_workers) may be left out
+    "make_vec": (int, list, dict, (int, type(None)), bool),  # num_workers, asynchronous
     "share_memory": (int,),
     "share_memory_ready": (bool,),
     "close": (),
@@ -67,7 +67,7 @@ _OP_ARGS: Dict[str, Tuple[type, ...]] = {
     "send": (list, object),
     "recv": (int,),
 }
-_OPTIONAL = {"make_vec": 1}  # how many trailing arguments a request may leave out
+_OPTIONAL = {"make_vec": 2}  # how many trailing arguments a request may leave out
 _KWARGS_AT = {"make": 1, "make_vec": 2, "call": 2}  # where a **kwargs dict is
 
 
@@ -84,10 +84,13 @@ def parse_request(request: Any) -> Tuple[str, List[Any]]:
         takes = f"{least} to {len(types)}" if least < len(types) else str(len(types))
         raise ProtocolError(f"request {op!r} takes {takes} arguments, got {len(args)}")
     for i, (arg, kind) in enumerate(zip(args, types)):
-        if kind is not object and not (type(arg) is kind or (kind is int and _is_int(arg))):
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if object not in kinds and not any(
+            type(arg) is k or (k is int and _is_int(arg)) for k in kinds
+        ):
+            names = " or ".join("None" if k is type(None) else k.__name__ for k in kinds)
             raise ProtocolError(
-                f"argument {i + 1} of request {op!r} must be {kind.__name__}, "
-                f"got {type(arg).__name__}"
+                f"argument {i + 1} of request {op!r} must be {names}, got {type(arg).__name__}"
             )
     at = _KWARGS_AT.get(op)
     if at is not None and not all(type(key) is str for key in args[at]):
@@ -218,10 +221,17 @@ class Session:
         return self._host(HostedEnv(self.factory, args, kwargs))
 
     def make_vec(
-        self, num_envs: int, args: List[Any], kwargs: dict, num_workers: Optional[int] = None
+        self,
+        num_envs: int,
+        args: List[Any],
+        kwargs: dict,
+        num_workers: Optional[int] = None,
+        asynchronous: bool = False,
     ) -> dict:
         self._drop()
-        return self._host(HostedVectorEnv(self.factory, num_envs, args, kwargs, num_workers))
+        return self._host(
+            HostedVectorEnv(self.factory, num_envs, args, kwargs, num_workers, asynchronous)
+        )
 
     def handle(self, request: Any) -> List[Any]:
         """Run one request; returns [0, result] or [1, (type, message, traceback)]."""

@@ -40,7 +40,9 @@ class PortalVectorEnv(gymnasium.vector.VectorEnv):
         self._client = Client.for_env(env_name, address, token, agent_in_docker, timeout)
         args, kwargs = list(env_args or []), dict(env_kwargs or {})
         # num_workers None: the server picks (its cores, if the env is slow enough)
-        description = make_remote(self._client, env_name, args, kwargs, num_envs, num_workers)
+        description = make_remote(
+            self._client, env_name, args, kwargs, num_envs, num_workers, self.batch_size < num_envs
+        )
         self.single_observation_space = spaces.decode_space(description["observation_space"])
         self.single_action_space = spaces.decode_space(description["action_space"])
         self.observation_space = batch_space(self.single_observation_space, num_envs)
