@@ -314,11 +314,12 @@ def make_vec(
             on any node (registry.lookup_all), this node's first.
         min_servers: First wait up to timeout seconds until this many servers are
             ready (a learner started with its job's servers: $SLURM_JOB_NUM_NODES).
-        num_workers: Worker processes on each server's host, each stepping a
-            contiguous shard of the instances, all shards at once (default: one per
-            core available to the server, at most its instances, if a probe step of
-            the env says workers pay off, else none; 0 steps them in the server's
-            connection thread, one after another).
+        num_workers: Processes stepping each server's instances at once, each a
+            contiguous shard: the server's connection thread steps the first and
+            num_workers - 1 forked workers the others (all num_workers are forked
+            with batch_size). Default: one per core available to the server, at most
+            its instances, if a probe step of the env says workers pay off, else none;
+            0 or 1 step them all in the server's connection thread, one after another.
         batch_size: One server only: how many instances recv() returns, EnvPool-style
             (send(actions, env_ids) starts steps and returns at once; recv() returns the
             first batch_size to finish, with info["env_id"]).
