@@ -32,3 +32,16 @@ def test_no_spare_core_stops_spinning_and_is_rechecked(loadavg, monkeypatch):
 def test_an_unreadable_count_allows_spinning(loadavg):
     assert not loadavg.exists()
     assert spin.runnable() == 0 and spin.spare_core() is True
+
+
+def test_one_task_more_for_an_instant_does_not_stop_spinning(loadavg, monkeypatch):
+    def check(text):
+        loadavg.write_text(text)
+        spin._state["until"] = 0.0  # CHECK_S later
+        return spin.spare_core()
+
+    assert check("1.0 1.0 1.0 3/139 1\n") is True  # agent, server and a passing task
+    assert check("1.0 1.0 1.0 2/139 1\n") is True
+    assert check("1.0 1.0 1.0 3/139 1\n") is True
+    assert check("1.0 1.0 1.0 3/139 1\n") is False  # it stays: every core is busy
+    assert check("1.0 1.0 1.0 2/139 1\n") is True

@@ -29,9 +29,16 @@ def runnable() -> int:
 
 
 def spare_core() -> bool:
-    """True unless every core is busy (more runnable tasks than cores); cached CHECK_S."""
+    """True unless every core is busy (more runnable tasks than cores); cached CHECK_S.
+
+    The count is smoothed over checks: one task more for an instant (a kernel
+    thread, a timer) does not stop spinning, a busy machine does at once.
+    """
     now = time.monotonic()
     if now >= _state["until"]:
-        _state["spare"] = runnable() <= _cores
+        count = runnable()
+        excess = (_state.get("excess", 0.0) + (count - _cores if count else 0)) / 2
+        _state["excess"] = excess
+        _state["spare"] = excess < 0.75
         _state["until"] = now + CHECK_S
     return _state["spare"]
