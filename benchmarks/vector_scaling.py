@@ -631,7 +631,7 @@ def plot(rows: List[Row], path: Path, cores: int, load: Tuple[float, float]) -> 
         if y:
             ax.axhline(y, linestyle=style, color=color, label=name)
     ax.set_xticks(ks)
-    ax.set_xlabel("num_workers (0: the server thread steps every instance)")
+    ax.set_xlabel("num_workers (0, 1: the server thread steps all; k: it and k - 1 workers)")
     ax.set_ylabel("env-steps/s")
     ax.set_ylim(bottom=0)
     ax.set_title(
