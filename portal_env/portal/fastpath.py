@@ -115,7 +115,7 @@ class _Layout:
     def __init__(self, observation_space: Any, many_infos: bool) -> None:
         self.capacity = shared_capacity(observation_space)
         self.shm: Any = None
-        self.ring: Optional[obsring.Ring] = None  # the agent's view slots (single envs)
+        self.ring: Optional[obsring.Ring] = None  # the agent's view slots
         self.ring_slots = 0  # slots beyond the scratch one that shm holds
         self.slot = 0  # the ring slot the current step's obs goes to
         self._slot_views: Tuple[Any, dict] = (None, {})  # (shm, slot: its array)
