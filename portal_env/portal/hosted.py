@@ -130,7 +130,6 @@ class HostedVectorEnv:
         self.agent_memory = False  # the workers write fast steps' observations to the agent
         self._layout: Optional[fastpath.VectorLayout] = None
         self._reply_spin = workers.ReplySpin(config_spin_us())
-        self._rows: Dict[int, Any] = {}  # id(ring slot's batch): (it, this thread's rows)
         shards = workers.split(num_envs, max(count, 1))
         forked = shards if asynchronous and count else shards[1:]
         if not forked:
@@ -285,15 +284,13 @@ class HostedVectorEnv:
         # A fast step's batch goes straight to the agent's ring slot (None otherwise).
         target = self._layout.obs_target() if self._layout is not None else None
         self.pending.check_idle("step")
-        if not self.workers:
-            results = [self.local.step(list(iterate(self.action_space, actions)), target)]  # type: ignore[union-attr]
-        else:
-            offset = None
+        offset = None
+        if self.workers:
             if target is not None and self.agent_memory:
                 offset = self._layout.slot * self._layout.capacity  # type: ignore[union-attr]
             else:
                 target = None  # the workers write the shared batch; the reply copies it
-            results = self._step_shards(actions, offset, target)
+        results = self._step_shards(actions, offset, target)
         rewards, terminations, truncations = (
             np.concatenate([part[k] for part in results]) for k in (1, 2, 3)
         )
@@ -318,18 +315,10 @@ class HostedVectorEnv:
                 mine = list(iterate(self._local_actions, actions[lo:hi]))
             else:
                 mine = per_instance[lo:hi]  # type: ignore[index]
-            return shard.step(mine, None if target is None else self._rows_of(target, lo, hi))
+            return shard.step(mine, None if target is None else target[lo:hi])
 
         decode = workers.StepReply.decode
         return self._with_local("step", run, lambda w, reply: decode(reply, w.infos))
-
-    def _rows_of(self, batch: np.ndarray, lo: int, hi: int) -> np.ndarray:
-        """batch[lo:hi], the same array each time for the same batch (a ring slot's): the
-        shard keeps its per-instance rows by array."""
-        known = self._rows.get(id(batch))
-        if known is None or known[0] is not batch:
-            known = self._rows[id(batch)] = (batch, batch[lo:hi])
-        return known[1]
 
     def _gathered(self, op: str, *args: Any) -> tuple:
         return tuple(value for part in self._each_shard(op, None, *args) for value in part)

@@ -78,7 +78,7 @@ class Shard:
         self.space = self.envs[0].observation_space
         hooks = [screenbuf.find_hook(env) for env in self.envs]
         self._hooks = hooks if all(hooks) else None  # every env can write its obs where told
-        self._targets: Dict[int, Tuple[Any, List[Any]]] = {}  # id(batch): (batch, its rows)
+        self._targets: Dict[Tuple[int, int], List[Any]] = {}  # (address, rows): per-row views
         self.out = out
         self._rows: Optional[List[Any]] = None  # per-instance views of out, made when needed
         self.autoreset = np.zeros(count, dtype=np.bool_)
@@ -144,15 +144,17 @@ class Shard:
 
     def _direct_targets(self, batch: Any) -> List[Any]:
         """Each instance's row of batch, where every env can write its obs itself
-        (screenbuf); else empty. Rows are kept per batch (the ring's few slots)."""
+        (screenbuf); else empty. Kept per place in memory (a few: the ring's slots), so a
+        new view of the same rows costs no new list; the kept views hold that memory."""
         if self._hooks is None or not isinstance(batch, np.ndarray):
             return []
-        known = self._targets.get(id(batch))
-        if known is None or known[0] is not batch:
+        key = (batch.__array_interface__["data"][0], len(batch))
+        rows = self._targets.get(key)
+        if rows is None:
             if len(self._targets) > 32:  # batches come from a few fixed places; never grow
                 self._targets.clear()
-            known = self._targets[id(batch)] = (batch, list(batch))
-        return known[1]
+            rows = self._targets[key] = list(batch)
+        return rows
 
     def reset_one(self, index: int, seed: Optional[int], options: Optional[dict]) -> Tuple:
         """Reset instance index (global) alone: (index, obs or None, 0.0, False, False, info)."""
