@@ -118,7 +118,6 @@ class _Layout:
         self.ring: Optional[obsring.Ring] = None  # the agent's view slots
         self.ring_slots = 0  # slots beyond the scratch one that shm holds
         self.slot = 0  # the ring slot the current step's obs goes to
-        self._slot_views: Tuple[Any, dict] = (None, {})  # (shm, slot: its array)
         self.infos = infopack.InfoPacker(many_infos)
         self._encoder = codec.Encoder()
         self._decoder = codec.Decoder()
@@ -159,15 +158,9 @@ class _Layout:
         if not self._fresh or self.shm is None or self.obs is None:
             return None
         self._fresh = False
-        shm, views = self._slot_views
-        if shm is not self.shm:  # one array per slot, made once: writers cache by array
-            shm, views = self._slot_views = (self.shm, {})
-        view = views.get(self.slot)
-        if view is None:
-            obs, offset = self.obs, self.slot * self.capacity
-            view = np.frombuffer(shm, obs.dtype, obs.count, offset).reshape(obs.shape)
-            views[self.slot] = view
-        return view
+        obs = self.obs
+        offset = self.slot * self.capacity
+        return np.frombuffer(self.shm, obs.dtype, obs.count, offset).reshape(obs.shape)
 
     def allow_pickle(self, allowed: bool) -> None:
         """Let info values travel pickled (trusted peers only; see codec)."""
