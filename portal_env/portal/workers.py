@@ -298,14 +298,12 @@ class AgentMemory:
         self.dtype, self.shape = np.dtype(dtype), tuple(shape)
         self.count = int(np.prod(shape, dtype=np.int64))
         self.lo, self.hi = shard.first, shard.first + len(shard.envs)
-        self._rows: Dict[int, np.ndarray] = {}  # offset: rows (a few ring slots)
 
     def rows(self, offset: int) -> np.ndarray:
-        rows = self._rows.get(offset)
-        if rows is None:
-            batch = np.frombuffer(self.mapping, self.dtype, self.count, offset)
-            rows = self._rows[offset] = batch.reshape(self.shape)[self.lo : self.hi]
-        return rows
+        """This worker's rows of the batch at offset (a new view; the shard keeps its
+        per-instance rows by address)."""
+        batch = np.frombuffer(self.mapping, self.dtype, self.count, offset)
+        return batch.reshape(self.shape)[self.lo : self.hi]
 
 
 def _adopt(conn: Connection, shard: Shard, args: Any) -> Optional[AgentMemory]:
