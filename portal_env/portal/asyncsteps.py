@@ -31,15 +31,19 @@ class AsyncSteps:
         self.done: Deque[Result] = deque()
         self.failure: Optional[Exception] = None
         self._action_spaces: Dict[int, Any] = {}
+        self._sent = False  # whether instances may be in flight (a step's check is then a scan)
 
     def check_idle(self, op: str) -> None:
         """Raise if instances are in flight: op would mix their replies with its own."""
+        if not self._sent:  # nothing sent since all were last found back: skip the scan
+            return
         if self.in_flight.any():
             ids = np.flatnonzero(self.in_flight).tolist()
             raise RuntimeError(
                 f"'{op}' while instances {ids} were sent actions (or reset) and not yet "
                 "received; call recv() until they are all back first"
             )
+        self._sent = False
 
     def _claim(self, env_ids: Sequence[Any]) -> List[int]:
         ids = [int(i) for i in env_ids]
@@ -51,6 +55,7 @@ class AsyncSteps:
         if len(set(ids)) != len(ids):
             raise ValueError(f"env_ids {ids} name an instance twice")
         self.in_flight[ids] = True
+        self._sent = True
         return ids
 
     def send(self, env_ids: Sequence[Any], actions: Any) -> None:

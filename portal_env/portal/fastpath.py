@@ -26,7 +26,6 @@ _HEAD = struct.Struct("<BBBBBxxxd")
 # flags: an info follows; the obs is in shared memory; the info is packed by the learnt
 # schema (infopack); the info went through the codec and both sides learn its schema.
 _HAS_INFO, _OBS_SHARED, _INFO_PACKED, _INFO_LEARN = 1, 2, 4, 8
-_ZEROS = bytes(codec.ALIGN)
 _SMALL = 4096
 _INT64 = np.dtype(np.int64)
 _FLOAT, _INT, _NP_FLOAT64, _NP_FLOAT32 = range(4)  # how the reward was typed
@@ -48,18 +47,16 @@ class Slot:
         self.shape = tuple(shape)
         self.nbytes = int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
         self.count = self.nbytes // max(self.dtype.itemsize, 1)
+        self.padded = codec.padded(self.nbytes)  # what the slot takes in a frame
+        self._pad = bytes(self.padded - self.nbytes)
 
     def fits(self, value: Any) -> bool:
         if type(value) is not np.ndarray or value.shape != self.shape:
             return False
         return value.dtype is self.dtype or value.dtype == self.dtype  # `is`: builtin dtypes
 
-    @property
-    def padded(self) -> int:
-        return codec.padded(self.nbytes)
-
     def pad(self) -> bytes:
-        return _ZEROS[: self.padded - self.nbytes]
+        return self._pad
 
     @staticmethod
     def raw(value: np.ndarray) -> Any:

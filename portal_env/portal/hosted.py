@@ -291,10 +291,13 @@ class HostedVectorEnv:
             else:
                 target = None  # the workers write the shared batch; the reply copies it
         results = self._step_shards(actions, offset, target)
-        rewards, terminations, truncations = (
-            np.concatenate([part[k] for part in results]) for k in (1, 2, 3)
-        )
-        infos = [info for part in results for info in part[4]]
+        if len(results) == 1:  # the server thread stepped them all: its arrays are the batch
+            _, rewards, terminations, truncations, infos = results[0]
+        else:
+            rewards, terminations, truncations = (
+                np.concatenate([part[k] for part in results]) for k in (1, 2, 3)
+            )
+            infos = [info for part in results for info in part[4]]
         obs = target if target is not None else self._batch([part[0] for part in results])
         return [obs, rewards, terminations, truncations, infos]
 

@@ -70,6 +70,7 @@ class InfoPacker:
         self.schema: Optional[Schema] = None
         self._struct: Optional[struct.Struct] = None
         self._makers: List[Callable[[Any], Any]] = []
+        self._keys: List[Tuple[str, ...]] = []  # each info dict's keys, in order
 
     def learn(self, infos: Any) -> None:
         """Adopt the schema of infos that just went (or came) through the codec."""
@@ -80,6 +81,7 @@ class InfoPacker:
         codes = [_CODES[kind] for fields in schema for _, kind in fields]
         self._struct = struct.Struct("<" + "".join(code for code, _ in codes))
         self._makers = [make for _, make in codes]
+        self._keys = [tuple(key for key, _ in fields) for fields in schema]
 
     def pack(self, infos: Any) -> Optional[bytes]:
         """The values of infos as bytes if they have the learnt schema, else None."""
@@ -97,9 +99,12 @@ class InfoPacker:
 
     def unpack(self, data: Any) -> Any:
         """Infos of the learnt schema back from the bytes pack() made."""
-        values = iter(
-            make(v)
-            for make, v in zip(self._makers, self._struct.unpack_from(data))  # type: ignore[union-attr]
-        )
-        infos = [{key: next(values) for key, _ in fields} for fields in self.schema]  # type: ignore[union-attr]
-        return infos if self.many else infos[0]
+        raw = self._struct.unpack_from(data)  # type: ignore[union-attr]
+        values = [make(v) for make, v in zip(self._makers, raw)]
+        if not self.many:
+            return dict(zip(self._keys[0], values))
+        infos, start = [], 0
+        for keys in self._keys:
+            infos.append(dict(zip(keys, values[start : start + len(keys)])))
+            start += len(keys)
+        return infos
