@@ -130,6 +130,7 @@ class _Layout:
         return 15 if self.obs is not None else 0
 
     _fresh = False
+    _target: Optional[np.ndarray] = None  # what obs_target() handed out for this request
 
     def _ask_slot(self, request: bytes) -> bytes:
         """request with a free ring slot named in its first byte (none: the scratch slot)."""
@@ -142,6 +143,7 @@ class _Layout:
         """The ring slot a fast request names (kept for its reply); returns its action tag."""
         self.slot = payload[0] >> 4
         self._fresh = True  # obs_target() may be used for this request's reply
+        self._target = None
         if self.slot > self.ring_slots:
             raise ProtocolError(f"fast step request for ring slot {self.slot} of {self.ring_slots}")
         return _TAGS[payload[0] & 15]
@@ -157,7 +159,9 @@ class _Layout:
         self._fresh = False
         obs = self.obs
         offset = self.slot * self.capacity
-        return np.frombuffer(self.shm, obs.dtype, obs.count, offset).reshape(obs.shape)
+        target = np.frombuffer(self.shm, obs.dtype, obs.count, offset).reshape(obs.shape)
+        self._target = target
+        return target
 
     def allow_pickle(self, allowed: bool) -> None:
         """Let info values travel pickled (trusted peers only; see codec)."""
@@ -166,8 +170,10 @@ class _Layout:
 
     def _put_obs(self, obs: np.ndarray, parts: List[Any]) -> Tuple[int, int]:
         """Place obs in shared memory or in parts; (flags that say where, bytes added)."""
+        target, self._target = self._target, None
         if self.shm is not None:  # sized from the same space: the obs always fits
-            self.obs.share(obs, self.shm, self.slot * self.capacity)
+            if obs is not target:  # else the env (or the workers) wrote it there already
+                self.obs.share(obs, self.shm, self.slot * self.capacity)
             return _OBS_SHARED, 0
         parts += [Slot.raw(obs), self.obs.pad()]
         return 0, self.obs.padded
