@@ -42,3 +42,15 @@ def spare_core() -> bool:
         _state["spare"] = excess < 0.75
         _state["until"] = now + CHECK_S
     return _state["spare"]
+
+
+def deadline(start_ns: int, limit_ns: int, usual_ns: int) -> int:
+    """Until when (perf_counter_ns) a receiver that began waiting at start_ns polls; 0: block.
+
+    Adaptive: only while what it waits for usually comes within limit_ns, for
+    about twice that usual wait, and only while the machine has a spare core; so
+    a slow peer (a long env step, an agent thinking) costs no spinning at all.
+    """
+    if not limit_ns or usual_ns >= limit_ns or not spare_core():
+        return 0
+    return start_ns + min(limit_ns, 2 * usual_ns + 50_000)

@@ -401,22 +401,19 @@ class Channel:
         self._buf[:leftover] = self._view[self._lo : self._hi]
         self._lo, self._hi = 0, leftover
         start = time.perf_counter_ns()
-        spin = self.spin_ns and self._wait_ns < self.spin_ns and spin_policy.spare_core()
-        if not (spin and self._spin(start)):
+        until = spin_policy.deadline(start, self.spin_ns, self._wait_ns)
+        if not (until and self._spin(until)):
             while self._hi < _HEADER.size:
                 self._hi += self._recv_into(self._view[self._hi :])
         self._wait_ns = (3 * self._wait_ns + time.perf_counter_ns() - start) // 4
 
-    def _spin(self, start: int) -> bool:
-        """Poll for a frame header for a while before blocking; True if one came.
+    def _spin(self, deadline: int) -> bool:
+        """Poll for a frame header until deadline (spin.deadline) before blocking; True if
+        one came.
 
         On virtual machines a blocked process costs tens of microseconds to wake
         (and then runs cold); a frame that arrives while we poll avoids both.
-        Adaptive: we poll only while frames usually come within spin_ns, and for
-        about twice the usual wait, so a slow peer (a long env step, an agent
-        thinking) costs no spinning at all.
         """
-        deadline = start + min(self.spin_ns, 2 * self._wait_ns + 50_000)
         view, sock = self._view, self.sock
         while time.perf_counter_ns() < deadline:
             try:

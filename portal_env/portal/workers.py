@@ -546,8 +546,7 @@ class ReplySpin:
     Used once the server thread has stepped its own shard: the workers' replies
     then usually come within tens of microseconds, and a thread that blocks
     costs a wake-up of about that much on a virtual machine. Adaptive, as
-    wire.Channel's spin: only while replies usually come within limit_us, for
-    about twice the usual wait, and only while the machine has a spare core.
+    wire.Channel's spin (spin.deadline).
     """
 
     def __init__(self, limit_us: float) -> None:
@@ -555,12 +554,10 @@ class ReplySpin:
         self.wait_ns = 0  # running average of how long the replies took to come
 
     def wait(self, workers: List[Worker]) -> None:
-        start = time.perf_counter_ns()
-        if self.limit_ns and self.wait_ns < self.limit_ns and spin.spare_core():
-            deadline = start + min(self.limit_ns, 2 * self.wait_ns + 50_000)
-            pending = [worker.conn for worker in workers]
-            while pending and time.perf_counter_ns() < deadline:
-                pending = [conn for conn in pending if not conn.poll()]
+        until = spin.deadline(time.perf_counter_ns(), self.limit_ns, self.wait_ns)
+        pending = [worker.conn for worker in workers] if until else []
+        while pending and time.perf_counter_ns() < until:
+            pending = [conn for conn in pending if not conn.poll()]
 
     def waited(self, start: int) -> None:
         self.wait_ns = (3 * self.wait_ns + time.perf_counter_ns() - start) // 4
