@@ -168,7 +168,7 @@ class HostedVectorEnv:
                 try:
                     self.local = Shard(factory, args, kwargs, own.start, len(own))
                 except Exception as exc:  # named as a worker's failure would be
-                    raise InstanceError(*workers.failure(None, exc, own.start)[1:]) from None
+                    raise workers.instance_error(None, exc, own.start) from None
             self.facts = self.workers[0].facts
             space = self.facts["observation_space"]
             size = batchmem.batch_bytes(space, self.num_envs)
@@ -260,7 +260,7 @@ class HostedVectorEnv:
             try:
                 mine.append(run(self.local))
             except Exception as exc:
-                failure = InstanceError(*workers.failure(self.local, exc, self.local.first)[1:])
+                failure = workers.instance_error(self.local, exc, self.local.first)
                 mine.append(None)
         try:
             spinner = self._reply_spin if self.local is not None else None

@@ -257,6 +257,11 @@ def failure(shard: Optional[Shard], exc: BaseException, first: int) -> tuple:
     return ("error", index, name, str(exc), trace)
 
 
+def instance_error(shard: Optional[Shard], exc: BaseException, first: int) -> InstanceError:
+    """exc, raised in shard in this process, as the error a worker's failure reply becomes."""
+    return InstanceError(*failure(shard, exc, first)[1:])
+
+
 def _worker_main(
     conn: Connection,
     parent_pid: int,
