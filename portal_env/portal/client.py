@@ -202,8 +202,13 @@ class Client:
         )
 
     def _unwrap(self, op: str, reply: Any) -> Any:
-        if not isinstance(reply, list) or len(reply) != 2 or reply[0] not in (0, 1):
+        # type(...) is int: True and 1.0 equal 1, yet no server sends them as a status
+        if type(reply) is not list or len(reply) != 2 or type(reply[0]) is not int:
             raise ProtocolError(f"malformed reply to '{op}' from {self.address}: {reply!r:.200}")
+        if reply[0] not in (0, 1):
+            raise ProtocolError(
+                f"reply to '{op}' from {self.address} with status {reply[0]}, not 0 or 1"
+            )
         status, payload = reply
         if status == 1:
             if (

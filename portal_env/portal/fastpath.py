@@ -26,6 +26,12 @@ _HEAD = struct.Struct("<BBBBBxxxd")
 # flags: an info follows; the obs is in shared memory; the info is packed by the learnt
 # schema (infopack); the info went through the codec and both sides learn its schema.
 _HAS_INFO, _OBS_SHARED, _INFO_PACKED, _INFO_LEARN = 1, 2, 4, 8
+# the flags a sender sets (see _put_obs, _put_info); any other byte is a malformed reply
+_REPLY_FLAGS = frozenset(
+    where | info
+    for where in (0, _OBS_SHARED)
+    for info in (0, _HAS_INFO | _INFO_PACKED, _HAS_INFO | _INFO_LEARN)
+)
 _SMALL = 4096
 _INT64 = np.dtype(np.int64)
 _FLOAT, _INT, _NP_FLOAT64, _NP_FLOAT32 = range(4)  # how the reward was typed
@@ -37,6 +43,19 @@ _FLAG_VALUES = (False, True, np.False_, np.True_)
 _ACTION_INT, _ACTION_SCALAR, _ACTION_ARRAY = b"\x00", b"\x01", b"\x02"
 _TAGS = [bytes([i]) for i in range(256)]
 Parts = Tuple[List[Any], int]
+
+
+_FLOAT32 = struct.Struct("<f")
+
+
+def _reward_fits(kind: int, reward: float) -> bool:
+    """Whether the double a reply carries is a value of the reward type it names."""
+    if kind == _INT:
+        return reward.is_integer()
+    try:  # float32: the double must be one exactly (NaN and infinities are)
+        return _FLOAT32.unpack(_FLOAT32.pack(reward))[0] == reward or reward != reward
+    except OverflowError:
+        return False
 
 
 class Slot:
@@ -201,12 +220,29 @@ class _Layout:
         self.infos.learn(info)
         return _HAS_INFO | _INFO_LEARN, self._pack_tail(parts, size, info)
 
-    def _get_info(self, payload: Any, offset: int, flags: int) -> Any:
+    def _check_head(self, payload: Any) -> int:
+        """The flags of a reply's header, once its flags and ring slot are valid ones."""
+        flags, slot = payload[3], payload[4]
+        if flags not in _REPLY_FLAGS or (slot and not flags & _OBS_SHARED):
+            raise ProtocolError(f"malformed step reply header: flags {flags:#x}, ring slot {slot}")
+        return flags
+
+    def _get_info(self, payload: Any, offset: int, flags: int, none: Any) -> Any:
+        """The info(s) from offset on, or none; without info nothing may follow offset."""
+        if not flags & _HAS_INFO:
+            if len(payload) != offset:
+                raise ProtocolError(
+                    f"step reply of {len(payload)} bytes where the layout ends at {offset}"
+                )
+            return none
         if flags & _INFO_PACKED:
             if not self.infos.size or len(payload) - offset != self.infos.size:
                 raise ProtocolError("packed step info that does not match the learnt schema")
             return self.infos.unpack(memoryview(payload)[offset:])
-        info = self._read_tail(payload, offset)
+        try:
+            info = self._read_tail(payload, offset)
+        except ProtocolError as exc:
+            raise ProtocolError(f"step reply with a malformed info: {exc}") from exc
         if flags & _INFO_LEARN:
             self.infos.learn(info)
         return info
@@ -294,9 +330,17 @@ class EnvLayout(_Layout):
             raise ProtocolError("fast step reply for an env without a fast layout")
         reward_kind, term, trunc, flags, _, reward = _HEAD.unpack_from(payload)
         if reward_kind > 3 or term > 3 or trunc > 3:
-            raise ProtocolError("malformed fast step reply header")
-        obs, end = self._get_obs(payload, flags)
-        info = self._get_info(payload, end, flags) if flags & _HAS_INFO else {}
+            raise ProtocolError(
+                f"malformed fast step reply header: reward kind {reward_kind}, "
+                f"terminated {term}, truncated {trunc}"
+            )
+        if reward_kind in (_INT, _NP_FLOAT32) and not _reward_fits(reward_kind, reward):
+            kind = _REWARD_MAKERS[reward_kind].__name__
+            raise ProtocolError(f"fast step reply with a reward of {reward} typed {kind}")
+        obs, end = self._get_obs(payload, self._check_head(payload))
+        info = self._get_info(payload, end, flags, {})
+        if type(info) is not dict:
+            raise ProtocolError(f"step reply whose info is a {type(info).__name__}, not a dict")
         reward = _REWARD_MAKERS[reward_kind](reward)
         return obs, reward, _FLAG_VALUES[term], _FLAG_VALUES[trunc], info
 
@@ -349,12 +393,15 @@ class VectorLayout(_Layout):
     def decode_result(self, payload: Any) -> List[Any]:
         if self.obs is None or len(payload) < _HEAD.size:
             raise ProtocolError("fast vector step reply shorter than its header")
-        flags = _HEAD.unpack_from(payload)[3]
+        flags = self._check_head(payload)
         obs, offset = self._get_obs(payload, flags)
         values: List[Any] = [obs]
         for slot in (self.rewards, self.flags, self.flags):
             values.append(slot.read(payload, offset))
             offset += slot.padded
         n = self.rewards.shape[0]
-        values.append(self._get_info(payload, offset, flags) if flags & _HAS_INFO else [{}] * n)
+        infos = self._get_info(payload, offset, flags, [{}] * n)
+        if type(infos) is not list or len(infos) != n or any(type(i) is not dict for i in infos):
+            raise ProtocolError(f"vector step reply whose infos are not {n} dicts: {infos!r:.200}")
+        values.append(infos)
         return values
