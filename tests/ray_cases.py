@@ -261,7 +261,6 @@ def test_a_server_that_cannot_start_fails_the_launch_with_its_output(
     broken = tmp_path / "broken_env"
     shutil.copytree(cartpole, broken)  # same lockfile: the cached runtime is reused
     (broken / "env_main.py").write_text('raise SystemExit("broken on purpose")\n')
-    began = time.monotonic()
     with pytest.raises(FleetError, match="broken on purpose") as failed:
         pray.launch("broken", path=broken, backend="venv", num_servers=2, cpus_per_server=0.5,
                     cache_dir=CACHE, state_root=STATE, start_timeout=240)  # fmt: skip
@@ -269,7 +268,7 @@ def test_a_server_that_cannot_start_fails_the_launch_with_its_output(
         "server 0 of 'broken' could not start: ServerStartError: portal 'broken' failed"
     )
     assert "File " not in str(failed.value)  # the server's output, not Ray's traceback
-    assert time.monotonic() - began < 120  # not retried until start_timeout
+    # "could not start", not "was not ready within 240s": the failure ended the wait
     deadline = time.monotonic() + 30
     while _alive_launchers() and time.monotonic() < deadline:
         time.sleep(0.5)

@@ -53,13 +53,12 @@ def test_start_serves_and_close_leaves_nothing(cartpole_dir: Path):
         ("import no_such_module_xyz\n", "No module named 'no_such_module_xyz'"),
     ],
 )
+@pytest.mark.timeout(300)  # the exit is noticed; the ready timeout would hang past this
 def test_broken_env_main_fails_fast_with_its_traceback(cartpole_dir: Path, main, expected):
     (cartpole_dir / "env_main.py").write_text(main)
-    started = time.monotonic()
-    with _supervisor(cartpole_dir, ready_timeout=60) as sup:
+    with _supervisor(cartpole_dir, ready_timeout=3600) as sup:
         with pytest.raises(ServerStartError, match="exited with code 1 before it was ready") as e:
             sup.start()
-    assert time.monotonic() - started < 10
     assert expected in str(e.value) and "env_main.py" in str(e.value)
     assert registry.get("mycart") is None
 
