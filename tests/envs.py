@@ -160,7 +160,13 @@ class ScreenEnv(gymnasium.Env):
 
 
 class SlowEnv(gymnasium.Env):
-    """Sleeps `delay` seconds per step (settable per instance) and tells its process id."""
+    """Sleeps `delay` seconds per step (settable per instance) and tells its process id.
+
+    With `gate` set to a named pipe (per instance), its next step waits until the test
+    opens the pipe for writing and closes it: a slow instance the test releases.
+    """
+
+    gate = None
 
     observation_space = spaces.Box(0.0, 1e6, (2,), np.float64)
     action_space = spaces.Discrete(2)
@@ -175,6 +181,10 @@ class SlowEnv(gymnasium.Env):
         return np.array([self.t, self.delay]), {}
 
     def step(self, action):
+        if self.gate is not None:
+            gate, self.gate = self.gate, None
+            with open(gate, "rb") as pipe:  # blocks until the test opens the other end
+                pipe.read()
         time.sleep(self.delay)
         self.t += 1
         return np.array([self.t, self.delay]), float(action), self.t >= 5, False, {"t": self.t}

@@ -72,26 +72,36 @@ def test_each_instance_follows_its_sync_vector_env_trajectory(
     vec.close()
 
 
-def test_a_slow_instance_does_not_hold_up_the_others(server):
+@pytest.mark.timeout(120)
+def test_a_slow_instance_does_not_hold_up_the_others(server, tmp_path):
     vec = make_vec(
         "custom", 4, ["PortalTest/Slow-v0"], num_workers=4, batch_size=2, **server.kwargs()
     )
-    vec.set_attr("delay", [0.0, 0.6, 0.0, 0.0])
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    vec.set_attr("gate", [None, str(gate), None, None])  # instance 1's step waits for it
+    vec.set_attr("delay", [0.0, 1e-3, 0.0, 0.0])  # a tag in each obs: rows match ids
     vec.async_reset(seed=0)
     first = [vec.recv()[4]["env_id"], vec.recv()[4]["env_id"]]
     assert sorted(np.concatenate(first).tolist()) == [0, 1, 2, 3]
     vec.send(np.zeros(4, np.int64))
-    seen = []
-    for _ in range(10_000):  # the fast instances cycle until the slow one is back
+    held, released = [], []
+    for _ in range(10):  # instance 1 is held: only the fast ones can come back
         obs, _, _, _, info = vec.recv()
         ids = info["env_id"].tolist()
-        seen.append(ids)
-        assert obs[:, 1].tolist() == [0.6 if i == 1 else 0.0 for i in ids]  # rows match ids
-        if 1 in ids:
-            break
+        held.append(ids)
+        assert obs[:, 1].tolist() == [1e-3 if i == 1 else 0.0 for i in ids]
         vec.send(np.zeros(len(ids), np.int64), ids)
-    assert 1 not in seen[0] and 1 not in seen[1]  # the fast ones came back meanwhile
-    assert 1 in seen[-1] and len(seen) >= 3
+    with open(gate, "wb"):  # release instance 1 (opening waits for its step to wait)
+        pass
+    while not released or 1 not in released[-1]:  # the fast ones cycle until it is back
+        obs, _, _, _, info = vec.recv()
+        ids = info["env_id"].tolist()
+        released.append(ids)
+        assert obs[:, 1].tolist() == [1e-3 if i == 1 else 0.0 for i in ids]
+        if 1 not in ids:
+            vec.send(np.zeros(len(ids), np.int64), ids)
+    assert all(1 not in ids and len(ids) == 2 for ids in held)
     vec.close()
 
 
