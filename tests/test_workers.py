@@ -237,8 +237,9 @@ def test_workers_and_shared_memory_go_with_a_closed_env(server):
     vec = make_vec("custom", 3, ["ALE/Pong-v5"], num_workers=3, **server.kwargs())
     vec.reset(seed=0)
     pids = child_pids(server.proc.pid)
+    assert len(pids) == 2  # the server thread steps the first shard, workers the others
     files = shared_files([server.proc.pid, os.getpid(), *pids])
-    assert all(deleted for _, deleted in files), files  # named nowhere while in use
+    assert files and all(deleted for _, deleted in files), files  # named nowhere while in use
     assert all(maps_batch(pid) for pid in [server.proc.pid, *pids])  # one nameless batch
     assert all(shared_files([pid]) for pid in pids)  # and steps go into the agent's mapping
     vec.close()
