@@ -97,16 +97,21 @@ def test_object_dtype_arrays_in_a_frame_are_refused():
     frame = bytearray(b"".join(bytes(memoryview(p).cast("B")) for p in parts))
     at = frame.index(b"<i8")
     frame[at : at + 3] = b"|O8"  # an object array pointing at raw bytes: pointers
-    with pytest.raises(ProtocolError):
+    with pytest.raises(ProtocolError, match="array of dtype object in a frame"):
         codec.decode(frame)
 
 
 @pytest.mark.parametrize(
-    "frame",
-    [b"", b"\x01\x00", b"\xff\xff\xff\x00garbage", b"\x02\x00\x00\x00\xc1\xc1" + bytes(10)],
+    "frame, message",
+    [
+        (b"", "frame of 0 bytes is too short"),
+        (b"\x01\x00", "frame of 2 bytes is too short"),
+        (b"\xff\xff\xff\x00garbage", "frame structure length 16777215 exceeds the frame"),
+        (b"\x02\x00\x00\x00\xc1\xc1" + bytes(10), "malformed frame: FormatError"),
+    ],
 )
-def test_malformed_frames_raise_protocol_error(frame):
-    with pytest.raises(ProtocolError):
+def test_malformed_frames_raise_protocol_error(frame, message):
+    with pytest.raises(ProtocolError, match=message):
         codec.decode(bytearray(frame))
 
 

@@ -675,7 +675,7 @@ def test_op_table_checks_the_vector_ops(request_, fails):
     from portal_env.portal.server import parse_request
 
     if fails:
-        with pytest.raises(ProtocolError):
+        with pytest.raises(ProtocolError, match=f"request '{request_[0]}'"):
             parse_request(request_)
     else:
         assert parse_request(request_) == (request_[0], request_[1:])

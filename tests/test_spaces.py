@@ -275,9 +275,18 @@ def test_unknown_type_raises_protocol_error_naming_it():
     assert "Box" in str(info.value)
 
 
-@pytest.mark.parametrize("bad", [None, [], "Box", {"no_type": 1}, {"type": 7}])
-def test_malformed_data_raises_protocol_error(bad):
-    with pytest.raises(ProtocolError):
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (None, "space data must be a dict, got NoneType: None"),
+        ([], r"space data must be a dict, got list: \[\]"),
+        ("Box", "space data must be a dict, got str: 'Box'"),
+        ({"no_type": 1}, "unknown space type None; gymnasium .* supports: Box, Discrete"),
+        ({"type": 7}, "unknown space type 7; gymnasium .* supports: Box, Discrete"),
+    ],
+)
+def test_malformed_data_raises_protocol_error(bad, message):
+    with pytest.raises(ProtocolError, match=message):
         decode_space(bad)
 
 
