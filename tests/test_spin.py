@@ -45,3 +45,25 @@ def test_one_task_more_for_an_instant_does_not_stop_spinning(loadavg, monkeypatc
     assert check("1.0 1.0 1.0 3/139 1\n") is True
     assert check("1.0 1.0 1.0 3/139 1\n") is False  # it stays: every core is busy
     assert check("1.0 1.0 1.0 2/139 1\n") is True
+
+
+@pytest.mark.parametrize(
+    "limit_ns, usual_ns, expected",
+    [
+        (200_000, 10_000, 1_000_000 + 2 * 10_000 + 50_000),  # about twice the usual wait
+        (200_000, 90_000, 1_000_000 + 200_000),  # never past the limit
+        (200_000, 200_000, 0),  # usually slower than the limit: block at once
+        (200_000, 500_000, 0),
+        (0, 10_000, 0),  # spinning turned off
+    ],
+)
+def test_deadline_polls_for_about_twice_the_usual_wait_within_the_limit(
+    loadavg, limit_ns, usual_ns, expected
+):
+    loadavg.write_text("0.50 0.40 0.30 1/139 19268\n")  # a spare core
+    assert spin.deadline(1_000_000, limit_ns, usual_ns) == expected
+
+
+def test_deadline_blocks_at_once_without_a_spare_core(loadavg):
+    loadavg.write_text("9.18 8.78 5.95 5/139 19268\n")  # 5 runnable tasks on 2 cores
+    assert spin.deadline(1_000_000, 200_000, 10_000) == 0
