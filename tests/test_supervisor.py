@@ -97,11 +97,14 @@ def test_gives_up_on_a_server_that_keeps_dying(cartpole_dir: Path):
         "threading.Timer(0.2, lambda: os._exit(3)).start()\n"
         "portal.run()\n"
     )
-    with _supervisor(cartpole_dir, backoff=(0.05,), max_failures=2) as sup:
+    with _supervisor(cartpole_dir, backoff=(0.05,), max_failures=3) as sup:
         sup.start()
         with pytest.raises(SupervisorError, match=r"died 3 times .*exit code 3.*giving up"):
             sup.watch()
     assert registry.get("mycart") is None
+    assert registry.log_path("mycart").read_text().count("restarting in") == 2  # not the 3rd
+    # the README's "gives up after 5 deaths in 60 s"
+    assert (Policy().max_failures, Policy().failure_window) == (5, 60.0)
 
 
 @pytest.mark.slow

@@ -43,7 +43,8 @@ class Policy:
         ready_timeout: Seconds a server may take to answer its first ping.
         stop_grace: Seconds between SIGTERM and SIGKILL when stopping.
         backoff: Delays before successive restarts (the last one repeats).
-        max_failures: Deaths tolerated within failure_window before giving up.
+        max_failures: Deaths within failure_window that make it give up: the
+            max_failures-th is not restarted.
         failure_window: Seconds over which deaths are counted.
         host: Interface the server binds, over TCP (e.g. a node's address on a cluster,
             where agents on other nodes connect); None: private to this host (a Unix socket
@@ -54,7 +55,7 @@ class Policy:
 
     ready_timeout: float = 120.0
     stop_grace: float = 5.0
-    backoff: Tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
+    backoff: Tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)  # one per death that is restarted
     max_failures: int = 5
     failure_window: float = 60.0
     host: Optional[str] = None
@@ -260,7 +261,7 @@ class Supervisor:
         while self._deaths and now - self._deaths[0] > self.policy.failure_window:
             self._deaths.popleft()
         self.handle.stop(0)  # reap it and anything left in its process group
-        if len(self._deaths) > self.policy.max_failures:
+        if len(self._deaths) >= self.policy.max_failures:
             self._give_up(code)
         delay = self.policy.backoff[min(len(self._deaths), len(self.policy.backoff)) - 1]
         self._event(f"server exited with code {code}; restarting in {delay:g}s")
