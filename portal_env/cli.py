@@ -242,7 +242,7 @@ def list_builtins() -> None:
 
 @main.command()
 def ps() -> None:
-    """List running portals: name, backend, address, server pid or container, uptime, restarts.
+    """List running portals: name, backend, address, server, uptime, restarts, state.
 
     Example: portal-env ps
     """
