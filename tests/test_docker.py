@@ -220,9 +220,8 @@ def test_interrupted_build_tags_nothing_and_leaves_no_container(
         # a build container that goes in between raises NotFound
         return [c["Id"] for c in client.api.containers(all=True) if "slow-step" in str(c)]
 
-    deadline = time.monotonic() + 60
     while not step_containers():  # Docker runs the slow step in a build container
-        assert build.poll() is None and time.monotonic() < deadline, build.communicate()
+        assert build.poll() is None, build.communicate()  # (a hang: the suite's timeout)
         time.sleep(0.1)
     build.send_signal(signal.SIGINT)
     _, stderr = build.communicate(timeout=30)
@@ -436,8 +435,7 @@ def test_exported_archive_loads_into_dockerd_and_serves_on_its_own(
         )
         container.reload()
         port = container.ports["7000/tcp"][0]["HostPort"]
-        deadline = time.monotonic() + 60
-        while True:
+        while True:  # until the server answers (a hang: the suite's timeout)
             try:
                 env = AgentSidePortal(
                     "x", ["CartPole-v1"], address=f"127.0.0.1:{port}", token=token, timeout=10
@@ -446,7 +444,6 @@ def test_exported_archive_loads_into_dockerd_and_serves_on_its_own(
             except Exception:
                 container.reload()
                 assert container.status == "running", container.logs().decode()[-3000:]
-                assert time.monotonic() < deadline, container.logs().decode()[-3000:]
                 time.sleep(0.2)
         obs, _ = env.reset(seed=0)
         assert obs.shape == (4,) and env.step(0)[1] == 1.0
