@@ -378,11 +378,11 @@ ONE_STEP = real_fast_reply(
     [
         (ONE_STEP + bytes(8), "step reply of 40 bytes where the layout ends at 32"),
         (with_byte(ONE_STEP, 3, 0x40), "flags 0x40, ring slot 0"),
-        (with_byte(ONE_STEP, 3, fastpath._INFO_LEARN), "flags 0x8, ring slot 0"),
+        (with_byte(ONE_STEP, 3, 8), "flags 0x8, ring slot 0"),  # learn, no info
         (with_byte(ONE_STEP, 4, 3), "flags 0x0, ring slot 3"),
         (fast_reply(1, 0, 0, 0, 0, 0.5, bytes(16), b""), "reward of 0.5 typed int"),
         (fast_reply(3, 0, 0, 0, 0, 0.1, bytes(16), b""), "reward of 0.1 typed float32"),
-        (fast_reply(0, 0, 0, INFO_LEARN, 0, 0.0, bytes(16), encoded(7)), "info is a int"),
+        (fast_reply(0, 0, 0, INFO_LEARN, 0, 0.0, bytes(16), encoded(7)), "info is int, not a dict"),
         (fast_reply(0, 0, 0, INFO_LEARN, 0, 0.0, bytes(16), b"\x01"), "malformed info"),
     ],
     ids=[

@@ -340,7 +340,7 @@ class EnvLayout(_Layout):
         obs, end = self._get_obs(payload, self._check_head(payload))
         info = self._get_info(payload, end, flags, {})
         if type(info) is not dict:
-            raise ProtocolError(f"step reply whose info is a {type(info).__name__}, not a dict")
+            raise ProtocolError(f"step reply whose info is {type(info).__name__}, not a dict")
         reward = _REWARD_MAKERS[reward_kind](reward)
         return obs, reward, _FLAG_VALUES[term], _FLAG_VALUES[trunc], info
 
