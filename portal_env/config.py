@@ -39,7 +39,7 @@ import stat
 import sys
 import tempfile
 from pathlib import Path
-from typing import Iterator, Mapping, Optional, Tuple, Union
+from typing import Iterator, Mapping, Optional, Union
 
 from .errors import DirectoryError, PortalEnvError
 from .portal.wire import Address
@@ -321,32 +321,6 @@ def agent_address(
     if agent_in_docker:  # the env's container is reachable by name on portal_env_net
         return Address(host=container_name(env_name), port=DEFAULT_PORT)
     return None
-
-
-def agent_endpoint(
-    env_name: str,
-    address: Optional[str],
-    token: Optional[str],
-    agent_in_docker: bool,
-    env: Mapping[str, str] = os.environ,
-) -> Tuple[Address, str]:
-    """The address and token an agent uses for env_name.
-
-    An explicit address (argument, $PORTAL_ENV_ADDRESS, or the container name of an
-    agent in Docker) wins, with the given token or the one a local server recorded
-    for it; else the registry's record of the running portal named env_name (a
-    supervised portal, or a bare EnvSidePortal, which registers itself); else a
-    clear error listing the running portals.
-    """
-    where = agent_address(env_name, address, agent_in_docker, env)
-    if where is not None:
-        return where, explicit_token(token, env) or find_token(where)
-    from .serving import registry  # lazily: the agent's import path stays light
-
-    record = registry.lookup(env_name)
-    if record is None:
-        raise registry.not_running(env_name)
-    return Address.parse(record.address), token or record.token
 
 
 def tokens_dir() -> Path:

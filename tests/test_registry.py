@@ -10,7 +10,7 @@ import pytest
 
 from portal_env import config
 from portal_env.errors import AlreadyRunningError, RegistryError
-from portal_env.portal import wire
+from portal_env.portal import client, wire
 from portal_env.serving import registry
 
 
@@ -80,22 +80,22 @@ def test_no_temp_files_left_behind():
     assert names == [".lock", f"mycart@{config.node_name()}.json"]
 
 
-def test_agent_endpoint_prefers_explicit_address_then_registry(monkeypatch: pytest.MonkeyPatch):
+def test_client_endpoint_prefers_explicit_address_then_registry(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv("PORTAL_ENV_ADDRESS", raising=False)
     monkeypatch.delenv("PORTAL_ENV_TOKEN", raising=False)
     registry.claim(_record(state=registry.READY, address="127.0.0.1:4321"))
-    assert config.agent_endpoint("mycart", None, None, False) == (
+    assert client.endpoint("mycart", None, None, False) == (
         wire.Address(port=4321),
         "secret",
     )
-    assert config.agent_endpoint("mycart", "127.0.0.1:9", "tok", False) == (
+    assert client.endpoint("mycart", "127.0.0.1:9", "tok", False) == (
         wire.Address(port=9),
         "tok",
     )
     with pytest.raises(
         RegistryError, match=r"no portal named 'other' is running \(running: mycart\)"
     ):
-        config.agent_endpoint("other", None, None, False)
+        client.endpoint("other", None, None, False)
 
 
 def test_corrupt_record_names_the_file(tmp_path: Path):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import weakref
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Tuple
 
 from .. import config
 from ..errors import PortalConnectionError, ProtocolError, RemoteEnvError
@@ -11,6 +11,28 @@ from . import obsring, sharedmem, wire
 
 DEFAULT_TIMEOUT = 300.0  # seconds; generous for slow resets (emulators, Minecraft-likes)
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def endpoint(
+    env_name: str, address: Optional[str], token: Optional[str], agent_in_docker: bool
+) -> Tuple[wire.Address, str]:
+    """The address and token an agent uses for env_name.
+
+    An explicit address (argument, $PORTAL_ENV_ADDRESS, or the container name of an
+    agent in Docker) wins, with the given token or the one a local server recorded
+    for it; else the registry's record of the running portal named env_name (a
+    supervised portal, or a bare EnvSidePortal, which registers itself); else a
+    clear error listing the running portals.
+    """
+    where = config.agent_address(env_name, address, agent_in_docker)
+    if where is not None:
+        return where, config.explicit_token(token) or config.find_token(where)
+    from ..serving import registry  # lazily: the agent's import path stays light
+
+    record = registry.lookup(env_name)
+    if record is None:
+        raise registry.not_running(env_name)
+    return wire.Address.parse(record.address), token or record.token
 
 
 class Client:
@@ -55,7 +77,7 @@ class Client:
         allow_pickle: Optional[bool] = None,
     ) -> Client:
         """Find the server for env_name (arguments, environment, registry, defaults); connect."""
-        where, secret = config.agent_endpoint(env_name, address, token, agent_in_docker)
+        where, secret = endpoint(env_name, address, token, agent_in_docker)
         return cls(env_name, where, secret, timeout, allow_pickle)
 
     def adopt_layout(self, layout: Any) -> None:
