@@ -215,6 +215,10 @@ def lock(
 ) -> None:
     """(Re)lock the spec of env NAME; run it after editing spec.yml.
 
+    A custom env's lockfile goes beside its spec.yml; a built-in's goes to your lock
+    directory ($PORTAL_ENV_LOCK_DIR, else lockfiles/ in the state dir), never into the
+    installed package, and is used before the lock shipped with portal-env.
+
     Example: portal-env lock mycart -p ./my_env --platform linux-64 --platform osx-arm64
     """
     if platforms and backend is None:
@@ -229,14 +233,17 @@ def lock(
 
 @main.command(name="ls")
 def list_builtins() -> None:
-    """List the built-in envs, the backends their files support, and their venv locks.
+    """List the built-in envs, the backends their files support, and their locks.
+
+    A lock is "shipped" with portal-env, or "yours" (made by `portal-env lock NAME`, in
+    $PORTAL_ENV_LOCK_DIR or the state dir's lockfiles/; used before a shipped one).
 
     Example: portal-env ls
     """
     with _errors():
         entries = listing.builtin_entries()
-        rows = [[e.name, ", ".join(e.backends), e.venv_lock] for e in entries]
-        for line in _table([["NAME", "BACKENDS", "VENV LOCK"]] + rows):
+        rows = [[e.name, ", ".join(e.backends), e.venv_lock, e.conda_lock] for e in entries]
+        for line in _table([["NAME", "BACKENDS", "VENV LOCK", "CONDA LOCK"]] + rows):
             click.echo(line)
 
 

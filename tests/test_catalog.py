@@ -62,3 +62,34 @@ def test_bad_names_are_refused(name: str):
 
 def test_builtin_dir_ships_with_the_package():
     assert (catalog.BUILTIN_ROOT / "envs" / "README.md").is_file()
+
+
+# -- user locks of built-in envs (issue 22) ----------------------------------------
+
+
+def test_locking_a_builtin_writes_a_user_lock_used_before_the_shipped_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from portal_env.runtimes import lock
+
+    from .conftest import cli
+
+    source = catalog.find("ale")
+    shipped = source.lock_dir / lock.venv_lock_name(source)
+    before = (shipped.read_bytes(), shipped.stat().st_mtime_ns)
+    done = cli("lock", "ale", "-b", "venv")
+    assert done.returncode == 0, done.stderr
+    mine = tmp_path / "state" / "lockfiles" / "ale.venv.lock.txt"
+    assert f"locked ale: {mine}" in done.stdout and mine.is_file()
+    assert (shipped.read_bytes(), shipped.stat().st_mtime_ns) == before  # package untouched
+    assert lock.venv_lock_path(source) == mine and source.shadowed_lock(mine.name) == shipped
+    row = next(line for line in cli("ls").stdout.splitlines() if line.startswith("ale "))
+    assert "yours (over shipped)" in row, row
+    built = cli("build", "-e", "ale", "-b", "venv")
+    assert built.returncode == 0, built.stderr
+    assert f"using your venv lock {mine}, not the one shipped" in built.stderr, built.stderr
+    # PORTAL_ENV_LOCK_DIR moves them (a team's shared directory, or lockfiles/ to re-ship)
+    monkeypatch.setenv("PORTAL_ENV_LOCK_DIR", str(tmp_path / "team-locks"))
+    assert lock.venv_lock_path(source) == shipped  # none of ours there yet
+    assert cli("lock", "ale", "-b", "venv").returncode == 0
+    assert (tmp_path / "team-locks" / "ale.venv.lock.txt").is_file()

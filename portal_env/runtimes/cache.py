@@ -115,13 +115,21 @@ class CachedBackend:
         """
         spec = source.require_spec(self.name)
         self.read_spec(spec)
-        if not self.lock_path(source).is_file():
+        path = self.lock_path(source)
+        if not path.is_file():
             offline.refuse(source, self.flag, f"a {self.lock_kind} lockfile", verb="lock")
+            keep = "your lock of this built-in" if source.builtin else "keep it with the spec"
             reporter.note(
                 f"{source.name}: no {self.lock_kind} lockfile yet; locking {spec} "
-                f"into {self.lock_path(source)} (keep it with the spec)"
+                f"into {path} ({keep})"
             )
             return self.lock(source, reporter)
+        shadowed = source.shadowed_lock(path.name)
+        if shadowed is not None:
+            reporter.note(
+                f"{source.name}: using your {self.lock_kind} lock {path}, not the one shipped "
+                f"with portal-env ({shadowed}); delete yours to use the shipped one"
+            )
         return self.check_lock(source, spec)
 
     def read_spec(self, spec: Path) -> object:

@@ -1,15 +1,21 @@
 """Where an env's files are: a built-in env of the catalog, or a custom directory.
 
 A built-in env `NAME` is `envs/NAME/env_main.py` with its spec at `specs/NAME.yml`
-and its locks in `lockfiles/`: top-level directories of a source checkout, shipped
-in the wheel as `portal_env/builtin/{envs,specs,lockfiles}`. A custom env is
+and its shipped locks in `lockfiles/`: top-level directories of a source checkout,
+shipped in the wheel as `portal_env/builtin/{envs,specs,lockfiles}`. A custom env is
 a directory given with `-p PATH` that holds `env_main.py` and, depending on the
 backend, `spec.yml` and/or `Dockerfile.env`, plus an optional `env_setup.py`;
 its locks live beside its spec.
+
+`portal-env lock NAME` of a built-in writes to the user's lock directory
+($PORTAL_ENV_LOCK_DIR, else `<state dir>/lockfiles`), never into the installed
+package (often read-only, and replaced on upgrade). A user's lock is used before a
+shipped one of the same kind.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Union
@@ -31,6 +37,14 @@ ENV_MAIN = "env_main.py"
 SPEC = "spec.yml"
 DOCKERFILE = "Dockerfile.env"
 SETUP_SCRIPT = "env_setup.py"
+LOCK_DIR_VAR = "PORTAL_ENV_LOCK_DIR"
+
+
+def user_lock_dir() -> Path:
+    """Where `portal-env lock` writes the locks of built-in envs: $PORTAL_ENV_LOCK_DIR,
+    else `lockfiles/` in the state dir."""
+    explicit = os.environ.get(LOCK_DIR_VAR)
+    return Path(explicit).expanduser() if explicit else config.state_dir() / "lockfiles"
 
 
 @dataclass(frozen=True)
@@ -43,7 +57,8 @@ class EnvSource:
         spec: The conda-style spec.yml, if there is one.
         dockerfile: Dockerfile.env, if there is one.
         setup_script: env_setup.py, run once in a new runtime, if there is one.
-        lock_dir: Where this env's lockfiles are kept.
+        lock_dir: Where its lockfiles are kept: beside a custom env's spec; for a
+            built-in, the catalog's shipped lockfiles (see `lock_for_writing`).
         lock_stem: File-name stem of its lockfiles (`<lock_stem>.venv.lock.txt`).
         builtin: Whether it ships with portal-env.
     """
@@ -73,6 +88,28 @@ class EnvSource:
         path = config.state_dir() / "work" / self.name
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         return path
+
+    def lock_for_writing(self, filename: str) -> Path:
+        """Where `portal-env lock` writes the lockfile filename: beside a custom env's spec;
+        for a built-in, the user's lock directory (never the installed package)."""
+        return user_lock_dir() / filename if self.builtin else self.lock_dir / filename
+
+    def shipped_lock(self, filename: str) -> Optional[Path]:
+        """The lockfile filename that ships with a built-in env, if there is one."""
+        path = self.lock_dir / filename
+        return path if self.builtin and path.is_file() else None
+
+    def lock_in_use(self, filename: str) -> Path:
+        """The lockfile filename that builds use: the user's (or a custom env's own), else
+        the shipped one; where it would be written when there is neither."""
+        written = self.lock_for_writing(filename)
+        return written if written.is_file() else self.shipped_lock(filename) or written
+
+    def shadowed_lock(self, filename: str) -> Optional[Path]:
+        """A shipped lockfile that is not used because the user has one of their own."""
+        shipped = self.shipped_lock(filename)
+        used = self.lock_in_use(filename)
+        return shipped if shipped is not None and used.resolve() != shipped.resolve() else None
 
     def require_spec(self, backend: str) -> Path:
         """The spec.yml, or an error saying the backend needs one."""

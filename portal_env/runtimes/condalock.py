@@ -129,9 +129,14 @@ def require_lockable(spec_path: Path, spec: CondaSpec) -> None:
 # -- where lockfiles are and whether they are current ---------------------------
 
 
+def lock_name(source: EnvSource) -> str:
+    """The file name of source's conda lockfile."""
+    return f"{source.lock_stem}{SUFFIX}"
+
+
 def lock_path(source: EnvSource) -> Path:
-    """Where the conda lockfile of source lives (beside the spec, or the catalog's lockfiles/)."""
-    return source.lock_dir / f"{source.lock_stem}{SUFFIX}"
+    """The conda lockfile source's builds use (see EnvSource.lock_in_use)."""
+    return source.lock_in_use(lock_name(source))
 
 
 def read_lockfile(path: Path) -> dict:
@@ -198,7 +203,7 @@ def write(source: EnvSource, platforms: Sequence[str], uv_bin: str) -> Path:
         packages += [_conda_entry(record, platform) for record in conda]
         packages += _pip_entries(source, spec_path, spec, conda, platform, uv_bin)
         content_hash[platform] = _content_hash(spec_hash, platform)
-    path = lock_path(source)
+    path = source.lock_for_writing(lock_name(source))
     _write_lockfile(path, packages, spec, chosen, content_hash, spec_hash, spec_path)
     return path
 

@@ -10,7 +10,8 @@ packages; a Dockerfile.env alone supports docker.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List
+from pathlib import Path
+from typing import Callable, List, Optional
 
 from . import catalog, condalock, lock
 from .catalog import EnvSource
@@ -23,13 +24,14 @@ class Entry:
     Attributes:
         name: The built-in env's name.
         backends: Backends its files support, in the order venv, micromamba, docker.
-        venv_lock: 'yes' (a lockfile matching the spec ships), 'stale' (the spec
-            changed since it was locked), 'no' (none yet), or '-' (no venv support).
+        venv_lock: Its venv lock (see lock_state), or '-' (no venv support).
+        conda_lock: Its conda lock (see lock_state), or '-' (no micromamba support).
     """
 
     name: str
     backends: List[str]
     venv_lock: str
+    conda_lock: str = "-"
 
 
 def backends(source: EnvSource) -> List[str]:
@@ -48,12 +50,18 @@ def backends(source: EnvSource) -> List[str]:
     return found
 
 
-def venv_lock(source: EnvSource, supported: List[str]) -> str:
-    """Whether a current venv lockfile ships with source (see Entry.venv_lock)."""
-    if "venv" not in supported or source.spec is None:
-        return "-"
-    status = lock.venv_lock_status(source, source.spec)
-    return {"current": "yes", "missing": "no"}.get(status, status)
+def lock_state(source: EnvSource, path: Path, recorded: Callable[[Path], Optional[str]]) -> str:
+    """Which lockfile of path's kind a built-in uses: 'shipped', 'yours' or 'yours (over
+    shipped)' (a lock of your own made with `portal-env lock`, used first), with ', stale'
+    when the spec changed since it was made; 'no' when there is none yet."""
+    if source.spec is None or not path.is_file():
+        return "no"
+    if source.shipped_lock(path.name) == path:
+        state = "shipped"
+    else:
+        state = "yours (over shipped)" if source.shadowed_lock(path.name) else "yours"
+    stale = lock.freshness(path, source.spec, recorded) == "stale"
+    return f"{state}, stale" if stale else state
 
 
 def builtin_entries() -> List[Entry]:
@@ -62,5 +70,11 @@ def builtin_entries() -> List[Entry]:
     for name in catalog.builtin_names():
         source = catalog.find(name)
         supported = backends(source)
-        entries.append(Entry(name, supported, venv_lock(source, supported)))
+        venv = conda = "-"
+        if "venv" in supported:
+            venv = lock_state(source, lock.venv_lock_path(source), lock.recorded_venv_hash)
+        if "micromamba" in supported:
+            path = condalock.lock_path(source)
+            conda = lock_state(source, path, condalock.recorded_spec_hash)
+        entries.append(Entry(name, supported, venv, conda))
     return entries

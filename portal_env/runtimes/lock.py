@@ -134,9 +134,14 @@ def normalize_name(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def venv_lock_name(source: EnvSource) -> str:
+    """The file name of source's venv lockfile."""
+    return f"{source.lock_stem}{VENV_LOCK_SUFFIX}"
+
+
 def venv_lock_path(source: EnvSource) -> Path:
-    """Where the venv lockfile of source lives."""
-    return source.lock_dir / f"{source.lock_stem}{VENV_LOCK_SUFFIX}"
+    """The venv lockfile source's builds use (see EnvSource.lock_in_use)."""
+    return source.lock_in_use(venv_lock_name(source))
 
 
 def lock_command(source: EnvSource, backend: str = "venv") -> str:
@@ -183,19 +188,19 @@ def require_current(
     return lock_path
 
 
-def _recorded_venv_hash(lock_path: Path) -> Optional[str]:
+def recorded_venv_hash(lock_path: Path) -> Optional[str]:
     return read_header(lock_path).get("spec_sha256")
 
 
 def venv_lock_status(source: EnvSource, spec_path: Path) -> str:
     """'missing', 'current', or 'stale' for source's venv lockfile."""
-    return freshness(venv_lock_path(source), spec_path, _recorded_venv_hash)
+    return freshness(venv_lock_path(source), spec_path, recorded_venv_hash)
 
 
 def check_venv_lock(source: EnvSource, spec_path: Path) -> Path:
     """The venv lockfile, if it matches the spec; a clear error if the spec changed since."""
     return require_current(
-        venv_lock_path(source), spec_path, _recorded_venv_hash, lock_command(source)
+        venv_lock_path(source), spec_path, recorded_venv_hash, lock_command(source)
     )
 
 
@@ -217,7 +222,7 @@ def write_venv_lock(source: EnvSource, uv_bin: str) -> Path:
             f"{done.stderr.strip()}\nFix the pip: section of {spec_path} and try again."
         )
     header = f"{_SPEC_HASH}{file_hash(spec_path)}\n{_PYTHON}{spec.python}\n"
-    return _write_atomic(venv_lock_path(source), header + done.stdout)
+    return _write_atomic(source.lock_for_writing(venv_lock_name(source)), header + done.stdout)
 
 
 def uv_compile(
