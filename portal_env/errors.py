@@ -94,3 +94,7 @@ class ChannelError(LockError, BuildError):
 
 class FleetError(PortalEnvError):
     """A fleet of servers on a Ray cluster that could not be placed, started or reached."""
+
+
+class CondaConfigError(LockError, BuildError):
+    """A conda channel setting (.condarc, $CONDARC, MAMBA_/CONDA_ variables) that cannot be used."""

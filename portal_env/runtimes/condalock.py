@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..errors import ChannelError, LockError, SpecError
-from . import lock
+from . import lock, mirrors
 from .catalog import EnvSource
+from .mirrors import Router
 
 logger = logging.getLogger(__name__)
 
@@ -197,9 +198,10 @@ def write(source: EnvSource, platforms: Sequence[str], uv_bin: str) -> Path:
     require_lockable(spec_path, spec)
     chosen = target_platforms(spec, platforms)
     spec_hash = lock.file_hash(spec_path)
+    router = mirrors.Router.from_environment()
     packages, content_hash = [], {}
     for platform in chosen:
-        conda = _solve(spec_path, spec, platform)
+        conda = _solve(spec_path, spec, platform, router)
         packages += [_conda_entry(record, platform) for record in conda]
         packages += _pip_entries(source, spec_path, spec, conda, platform, uv_bin)
         content_hash[platform] = _content_hash(spec_hash, platform)
@@ -217,13 +219,15 @@ def _virtual_packages(platform: str) -> List[Tuple[str, str, str]]:
     return [(name, version, "0") for name, version in table]
 
 
-def _solve(spec_path: Path, spec: CondaSpec, platform: str) -> List[dict]:
-    """The conda records solving spec for platform (py-rattler, no conda executable)."""
+def _solve(spec_path: Path, spec: CondaSpec, platform: str, router: Router) -> List[dict]:
+    """The conda records solving spec for platform (py-rattler, no conda executable),
+    fetched through this machine's mirrors, each with its canonical URL."""
     from .rattler_calls import RattlerCallError, solve
 
-    logger.debug("solving %s for %s from %s", spec.conda, platform, spec.channels)
+    routes = [router.route(channel) for channel in spec.channels]
+    logger.debug("solving %s for %s from %s", spec.conda, platform, [str(r) for r in routes])
     try:
-        records = solve(spec.channels, spec.conda, platform, _virtual_packages(platform))
+        records = solve([r.url for r in routes], spec.conda, platform, _virtual_packages(platform))
     except RattlerCallError as exc:
         if exc.kind == "SolverError":
             raise LockError(
@@ -233,11 +237,12 @@ def _solve(spec_path: Path, spec: CondaSpec, platform: str) -> List[dict]:
             ) from None
         if exc.kind == "GatewayError":
             raise ChannelError(
-                f"cannot lock {spec_path} for {platform}: a channel of "
-                f"{', '.join(spec.channels)} cannot be reached:\n{exc}\nCheck the network or "
-                f"proxy, or list a channel (mirror) this machine reaches in {spec_path}."
+                f"cannot lock {spec_path} for {platform}: "
+                f"{mirrors.unreachable(routes, str(exc), router)}"
             ) from None
         raise LockError(f"cannot lock {spec_path} for {platform}: {exc}") from None
+    for record in records:
+        record["url"] = router.canonical_url(record["url"], routes)
     return sorted(records, key=lambda r: r["name"])
 
 

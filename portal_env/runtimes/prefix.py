@@ -29,11 +29,13 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .. import config
 from ..errors import BuildError, ChannelError
+from . import mirrors
 from .base import Reporter
 from .cache import package_dir
 from .catalog import EnvSource
 from .commands import run, uv_bin
 from .condalock import read_lockfile
+from .mirrors import Router
 from .venv import VenvRuntime
 
 logger = logging.getLogger(__name__)
@@ -49,7 +51,8 @@ _NOISE = ("_", "SHLVL", "PWD", "OLDPWD")
 # How micromamba and py-rattler say that a download failed to connect at all.
 _UNREACHABLE = re.compile(
     r"(?i)error sending request|tcp connect error|dns error|could not resolve host|"
-    r"couldn't connect|connection refused|failed to connect|network is unreachable"
+    r"couldn't connect|connection refused|failed to connect|network is unreachable|"
+    r"no such file or directory"  # a file:// channel or mirror that is not there
 )
 
 
@@ -236,10 +239,16 @@ def build(
     tool = RATTLER if alternative_prefix is not None else installer()
     where = alternative_prefix or prefix
     reporter.status(f"installing the conda packages of {lock_path.name} for {where} ({tool})")
-    if tool == MICROMAMBA:
-        _install_conda_micromamba(str(micromamba_exe()), lock_path, platform, prefix)
-    else:
-        _install_conda_rattler(lock_path, platform, prefix, alternative_prefix)
+    with tempfile.TemporaryDirectory(prefix="portal-env-conda-") as tmp:
+        fetched = _fetch_lock(lock_path, platform, Path(tmp))
+        try:
+            _verify_local_archives(fetched, platform, lock_path)
+            if tool == MICROMAMBA:
+                _install_conda_micromamba(str(micromamba_exe()), fetched, prefix)
+            else:
+                _install_conda_rattler(fetched, platform, prefix, alternative_prefix)
+        except BuildError as exc:
+            raise _unreachable(exc, lock_path, platform) from None
     _install_pip(lock_path, platform, prefix, reporter)
     activation = capture_activation(prefix)
     if source.setup_script is not None:
@@ -249,41 +258,55 @@ def build(
     return activation, tool
 
 
-def _install_conda_micromamba(exe: str, lock_path: Path, platform: str, prefix: Path) -> None:
+def _install_conda_micromamba(exe: str, fetched: Path, prefix: Path) -> None:
     """`micromamba create -f LOCK` for the conda packages, with our package cache."""
-    _verify_local_archives(lock_path, platform)
     env = dict(os.environ, CONDA_PKGS_DIRS=str(pkgs_dir()))
-    with tempfile.TemporaryDirectory(prefix="portal-env-mm-") as tmp:
-        conda_only = _conda_only_lock(lock_path, Path(tmp))
-        command = [exe, "create", "--yes", "--prefix", str(prefix), "--file", str(conda_only)]
-        what = f"create the conda prefix {prefix} from {lock_path} with micromamba"
-        try:
-            run(command, what, env=env)
-        except BuildError as exc:
-            if _UNREACHABLE.search(str(exc)):
-                raise ChannelError(f"{exc}\n{_unreachable_hint(lock_path)}") from None
-            raise
+    command = [exe, "create", "--yes", "--prefix", str(prefix), "--file", str(fetched)]
+    run(command, f"create the conda prefix {prefix} with micromamba", env=env)
 
 
-def _conda_only_lock(lock_path: Path, directory: Path) -> Path:
-    """A copy of the lockfile without its pip entries, in directory (same file name: micromamba
-    reads a file as a conda-lock file by its `-lock.yml` ending). micromamba would install
-    pip entries with the prefix's pip, which it may lack; uv installs them next, as after
-    py-rattler, so both installers leave the same files."""
+def _fetch_lock(lock_path: Path, platform: str, directory: Path) -> Path:
+    """A copy of the lockfile, in directory, that the installers read: the conda packages
+    of platform, each at the URL this machine fetches it from (its mirror, see `mirrors`).
+
+    The same file name: micromamba reads a file as a conda-lock file by its `-lock.yml`
+    ending. The pip entries are left out: micromamba would install them with the prefix's
+    pip, which it may lack; uv installs them next, as after py-rattler, so both installers
+    leave the same files.
+    """
     import yaml
 
     data = read_lockfile(lock_path)
-    data["package"] = [p for p in data.get("package") or [] if p.get("manager") != "pip"]
+    conda = [p for p in locked_packages(lock_path, platform) if p.get("manager") == "conda"]
+    router = Router.from_environment()
+    for entry in conda:
+        entry["url"] = router.fetch_url(str(entry["url"]))[0]
+    data["package"] = conda
     path = directory / lock_path.name
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
 
-def _verify_local_archives(lock_path: Path, platform: str) -> None:
-    """Check the sha256 of file:// packages (py-rattler 0.28 checks only downloads)."""
+def _unreachable(exc: BuildError, lock_path: Path, platform: str) -> BuildError:
+    """exc, or a ChannelError naming the channels, mirror settings and how to add one when
+    exc says a package could not be downloaded."""
+    if not _UNREACHABLE.search(str(exc)):
+        return exc
+    router = Router.from_environment()
+    urls = [str(p["url"]) for p in locked_packages(lock_path, platform) if p["manager"] == "conda"]
+    routes = router.package_routes(urls)
+    return ChannelError(
+        f"cannot install the conda packages of {lock_path}: "
+        f"{mirrors.unreachable(routes, str(exc), router)}"
+    )
+
+
+def _verify_local_archives(fetched: Path, platform: str, lock_path: Path) -> None:
+    """Check the sha256 of the file:// packages of fetched, lock_path's copy to install
+    (py-rattler 0.28 checks only downloads)."""
     from urllib.parse import unquote, urlparse
 
-    for entry in locked_packages(lock_path, platform):
+    for entry in locked_packages(fetched, platform):
         url = urlparse(str(entry.get("url")))
         expected = (entry.get("hash") or {}).get("sha256")
         if entry.get("manager") != "conda" or url.scheme != "file" or not expected:
@@ -302,27 +325,18 @@ def _verify_local_archives(lock_path: Path, platform: str) -> None:
 
 
 def _install_conda_rattler(
-    lock_path: Path, platform: str, prefix: Path, alternative_prefix: Optional[str] = None
+    fetched: Path, platform: str, prefix: Path, alternative_prefix: Optional[str] = None
 ) -> None:
     """Install with py-rattler; with alternative_prefix, for a prefix that will live there."""
     from .rattler_calls import RattlerCallError, install
 
-    _verify_local_archives(lock_path, platform)
-    logger.debug("installing the conda packages of %s into %s with py-rattler", lock_path, prefix)
+    logger.debug("installing the conda packages of %s into %s with py-rattler", fetched, prefix)
     try:
-        install(str(lock_path), platform, str(prefix), str(pkgs_dir()), alternative_prefix)
+        install(str(fetched), platform, str(prefix), str(pkgs_dir()), alternative_prefix)
     except RattlerCallError as exc:
-        message = f"could not install the conda packages of {lock_path} into {prefix}: {exc}"
-        if _UNREACHABLE.search(str(exc)):
-            raise ChannelError(f"{message}\n{_unreachable_hint(lock_path)}") from None
-        raise BuildError(message) from None
-
-
-def _unreachable_hint(lock_path: Path) -> str:
-    return (
-        f"A package URL of {lock_path} cannot be reached from here: check the network or "
-        "proxy, or re-lock against a channel (mirror) this machine reaches."
-    )
+        raise BuildError(
+            f"could not install the conda packages of {fetched.name} into {prefix}: {exc}"
+        ) from None
 
 
 def _install_pip(lock_path: Path, platform: str, prefix: Path, reporter: Reporter) -> None:
