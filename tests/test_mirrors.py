@@ -122,6 +122,35 @@ def test_files_are_read_in_micromambas_order(no_user_condarc: Path, tmp_path: Pa
     assert condarc.read(env).custom_channels.value == {"x": "https://a"}
 
 
+def test_the_file_that_wins_is_the_one_micromamba_reads(no_user_condarc: Path, tmp_path: Path):
+    """Every user-level place holds a channel_alias of its own: the one micromamba itself
+    reports is ours too, and again after removing it, until none is left."""
+    import subprocess
+
+    exe = installers.micromamba()
+    if exe is None:
+        pytest.skip(f"no micromamba executable here; set {installers.TEST_VAR} (see .ci/run)")
+    home, root, active = no_user_condarc, tmp_path / "root", tmp_path / "active"
+    env = {"HOME": str(home), "MAMBA_ROOT_PREFIX": str(root), "CONDA_PREFIX": str(active)}
+    env["PATH"] = os.environ["PATH"]
+    places = [root / name for name in (".condarc", "condarc", "condarc.d/a.yml", ".mambarc")]
+    for directory in (home / ".config/conda", home / ".conda", active):
+        places += [directory / name for name in (".condarc", "condarc", "condarc.d/a.yml")]
+    for directory in (home / ".config/mamba", home / ".mamba"):
+        places += [directory / name for name in (".mambarc", "mambarc", "mambarc.d/a.yml")]
+    places += [home / ".condarc", home / ".mambarc"]
+    for number, place in enumerate(places):
+        write_condarc(place, {"channel_alias": f"https://alias-{number}"})
+    command = [exe, "config", "list", "channel_alias", "--sources", "--json"]
+    for _ in places:
+        reported = json.loads(subprocess.check_output(command, env=env, text=True))
+        theirs = reported["channel_alias"]["source"][0].replace("~", str(home), 1)
+        ours = condarc.read(env).channel_alias
+        assert (ours.source, ours.value) == (theirs, reported["channel_alias"]["value"])
+        Path(theirs).unlink()
+    assert condarc.read(env).channel_alias is None
+
+
 def test_condarc_variable_replaces_the_default_places_and_variables_come_first(
     no_user_condarc: Path, tmp_path: Path
 ):

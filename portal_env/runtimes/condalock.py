@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..errors import ChannelError, LockError, SpecError
-from . import lock, mirrors
+from . import condatools, lock, mirrors
 from .catalog import EnvSource
 from .mirrors import Router
 
@@ -180,7 +180,7 @@ def target_platforms(spec: CondaSpec, requested: Sequence[str]) -> List[str]:
     """--platform values, else the spec's `platforms:`, else this machine's; validated."""
     import rattler
 
-    chosen = list(requested) or list(spec.platforms) or [str(rattler.Subdir.current())]
+    chosen = list(requested) or list(spec.platforms) or [condatools.current_platform()]
     known = {str(p) for p in rattler.Subdir.all()}
     for name in chosen:
         if name not in known or name == "noarch":

@@ -11,7 +11,9 @@ Where they are read, as micromamba 2.x reads them (libmamba's
 `$MAMBA_ROOT_PREFIX` (the same names), `~/.config/conda/` (or `$XDG_CONFIG_HOME/conda/`),
 `~/.conda/`, `~/.condarc`, `$CONDA_PREFIX/`, then `~/.config/mamba/`, `~/.mamba/`,
 `~/.mambarc`. When `$CONDARC` or `$MAMBARC` is set, only the files they name are read
-(`$MAMBARC` first), as in micromamba. Environment variables come before every file:
+(`$MAMBARC` first), as in micromamba (which also skips such a file unless it is named
+`.condarc`, `condarc`, `.mambarc`, `mambarc` or `*.yml`/`*.yaml`; portal-env reads it and
+warns). Environment variables come before every file:
 `MAMBA_CHANNEL_ALIAS`, `MAMBA_CUSTOM_CHANNELS`, `MAMBA_MIRRORED_CHANNELS` (micromamba's
 names), then `CONDA_CHANNEL_ALIAS`, `CONDA_CUSTOM_CHANNELS`, `CONDA_MIRRORED_CHANNELS`;
 a mapping is written in YAML, e.g. `MAMBA_MIRRORED_CHANNELS='{conda-forge: [URL]}'`.
@@ -21,12 +23,15 @@ not merged across files).
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from ..errors import CondaConfigError
+
+logger = logging.getLogger(__name__)
 
 KEYS = ("channel_alias", "custom_channels", "mirrored_channels")
 ENV_PREFIXES = ("MAMBA_", "CONDA_")
@@ -89,6 +94,13 @@ def search_path(env: Mapping[str, str] = os.environ) -> List[Path]:
                 f"the conda configuration file {missing[0]} ($CONDARC or $MAMBARC) does not "
                 "exist; create it or unset the variable"
             )
+        for path in explicit:
+            if not _is_config_name(Path(path).name):
+                logger.warning(
+                    "reading %s, which micromamba 2.x skips without a word: name it .condarc "
+                    "or *.yml for micromamba too",
+                    path,
+                )
         return [Path(path).expanduser() for path in explicit]
     home = Path(env.get("HOME") or os.path.expanduser("~"))
     config = Path(env.get("XDG_CONFIG_HOME") or home / ".config")

@@ -12,13 +12,12 @@ reach it.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from .. import config
-from ..errors import BackendUnavailableError, ChannelError
-from . import condalock, listing, prefix
+from ..errors import ChannelError
+from . import condalock, condatools, listing, prefix
 from .base import Reporter
 from .cache import CachedBackend, package_dir
 from .catalog import EnvSource
@@ -36,17 +35,13 @@ class MicromambaBackend(CachedBackend):
 
     def __init__(self, platforms: Optional[List[str]] = None) -> None:
         self.platforms = list(platforms or [])
-        missing = [m for m in ("rattler", "conda_lock") if importlib.util.find_spec(m) is None]
-        if missing:  # found without importing them (conda_lock alone takes 0.7 s to import)
-            raise BackendUnavailableError(
-                f"the micromamba backend needs py-rattler and conda-lock (missing: "
-                f"{', '.join(missing)}); install them with: "
-                "pip install 'py-rattler>=0.28,<0.29' 'conda-lock>=4,<5' (Python >= 3.10)"
-            )
 
     def lock(self, source: EnvSource, reporter: Reporter) -> Path:
         """(Re)lock source's spec.yml into its conda-lock file."""
-        reporter.status(f"locking {source.require_spec(self.name)} with py-rattler and uv")
+        spec = source.require_spec(self.name)
+        target = source.lock_for_writing(condalock.lock_name(source))
+        condatools.require_lock_tools(f"lock the spec of {source.name}", target)
+        reporter.status(f"locking {spec} with py-rattler and uv")
         with _venv_hint(source):
             path = condalock.write(source, self.platforms, uv_bin())
         reporter.note(f"wrote {path}")
@@ -62,7 +57,7 @@ class MicromambaBackend(CachedBackend):
         return condalock.read_spec(spec)
 
     def runtime_dir(self, source: EnvSource, lock_path: Path) -> Path:
-        key = prefix.prefix_key(lock_path, prefix.current_platform(), source.setup_script)
+        key = prefix.prefix_key(lock_path, condatools.current_platform(), source.setup_script)
         return config.cache_dir() / "conda" / key
 
     def build(

@@ -22,6 +22,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,15 +36,21 @@ from .cache import package_dir
 from .catalog import EnvSource
 from .commands import run, uv_bin
 from .condalock import read_lockfile
+from .condatools import (
+    MICROMAMBA,
+    RATTLER,
+    current_platform,
+    installer,
+    micromamba_exe,
+    missing_module,
+    no_tool,
+)
 from .mirrors import Router
 from .venv import VenvRuntime
 
 logger = logging.getLogger(__name__)
 
 PKGS_DIR_VAR = "PORTAL_ENV_PKGS_DIR"
-INSTALLER_VAR = "PORTAL_ENV_CONDA_INSTALLER"  # "rattler" or "micromamba": force one
-MICROMAMBA = "micromamba"
-RATTLER = "py-rattler"
 PATH_SLOT = "${PATH}"  # in a captured PATH: where the PATH outside the prefix goes
 _KEY_FORMAT = "portal-env-prefix-2"  # bump when a prefix's layout or activation changes
 _ACTIVATE = 'for f in "$CONDA_PREFIX"/etc/conda/activate.d/*.sh; do . "$f"; done; env -0'
@@ -62,40 +69,6 @@ def pkgs_dir() -> Path:
     path = Path(explicit) if explicit else config.cache_dir() / "pkgs"
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def current_platform() -> str:
-    """This machine's conda platform name, e.g. linux-64."""
-    import rattler
-
-    return str(rattler.Subdir.current())
-
-
-def micromamba_exe() -> Optional[str]:
-    """The micromamba executable found ($MAMBA_EXE, else `micromamba` on PATH), or None."""
-    return os.environ.get("MAMBA_EXE") or shutil.which("micromamba")
-
-
-def installer() -> str:
-    """Which installer builds prefixes: micromamba when found, else py-rattler, unless
-    $PORTAL_ENV_CONDA_INSTALLER forces one."""
-    forced = os.environ.get(INSTALLER_VAR, "").strip().lower()
-    if forced in ("rattler", "py-rattler"):
-        return RATTLER
-    if forced == MICROMAMBA:
-        if micromamba_exe() is None:
-            raise BuildError(
-                f"{INSTALLER_VAR}=micromamba, but no micromamba executable was found: set "
-                f"MAMBA_EXE to its path or put it on PATH, or unset {INSTALLER_VAR} "
-                "(then py-rattler installs)"
-            )
-        return MICROMAMBA
-    if forced:
-        raise BuildError(
-            f"{INSTALLER_VAR}={forced!r} is not an installer; use 'rattler' or 'micromamba', "
-            "or unset it (micromamba when found, else py-rattler)"
-        )
-    return MICROMAMBA if micromamba_exe() is not None else RATTLER
 
 
 def locked_packages(lock_path: Path, platform: str) -> List[dict]:
@@ -237,6 +210,9 @@ def build(
     """
     platform = current_platform()
     tool = RATTLER if alternative_prefix is not None else installer()
+    missing = missing_module("rattler", "py-rattler") if tool == RATTLER else None
+    if missing is not None:  # export: only py-rattler installs for another path
+        raise no_tool(f"install a prefix for {alternative_prefix} (only py-rattler can)", [missing])
     where = alternative_prefix or prefix
     reporter.status(f"installing the conda packages of {lock_path.name} for {where} ({tool})")
     with tempfile.TemporaryDirectory(prefix="portal-env-conda-") as tmp:
@@ -334,6 +310,11 @@ def _install_conda_rattler(
     try:
         install(str(fetched), platform, str(prefix), str(pkgs_dir()), alternative_prefix)
     except RattlerCallError as exc:
+        if exc.kind in ("ImportError", "ModuleNotFoundError"):  # installed, but broken here
+            tried = [f"py-rattler: cannot be imported by {sys.executable}: {exc}"]
+            if alternative_prefix is None:
+                tried.insert(0, "the micromamba executable: none was found or chosen")
+            raise no_tool("install conda packages", tried) from None
         raise BuildError(
             f"could not install the conda packages of {fetched.name} into {prefix}: {exc}"
         ) from None
