@@ -91,7 +91,11 @@ def require_lock_tools(what: str, lockfile: Path) -> None:
     missing = [reason for reason in tried if reason is not None]
     if missing:
         exe = micromamba_exe()
-        then = f"micromamba ({exe}) builds from it here" if exe else "it is installed from there"
+        then = (
+            f"micromamba ({exe}) installs it here"
+            if exe
+            else "installing it here then needs micromamba on PATH or in MAMBA_EXE"
+        )
         raise no_tool(
             what,
             missing,
