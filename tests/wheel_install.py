@@ -39,9 +39,8 @@ def build_wheel(target: Path) -> Path:
         if (ROOT / name).is_file():
             (source / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, source / name)
-    command = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps"]
-    command += ["--no-build-isolation", "-w", str(target), str(source)]
-    subprocess.run(command, check=True, capture_output=True)
+    command = [sys.executable, "-m", "uv", "build", "--quiet", "--wheel"]
+    subprocess.run([*command, "--out-dir", str(target), str(source)], check=True, env=clean_env())
     shutil.rmtree(source)
     return next(target.glob("portal_env-*.whl"))
 
