@@ -24,14 +24,14 @@ from typing import Dict, List
 
 import pytest
 
-from portal_env.runtimes import prefix
+from portal_env.runtimes import mirrors, prefix
 
 from . import installers, wheel_install
 from .conda_channel import build_channel
 
 pytestmark = [pytest.mark.conda, pytest.mark.slow, pytest.mark.usefixtures("reap_portals")]
 
-CANONICAL = "https://conda.anaconda.org/conda-forge/"
+CANONICAL = f"{mirrors.DEFAULT_ALIAS}/conda-forge/"
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.conda
 
 PY = "{}.{}".format(*sys.version_info[:2])
 LOCK = "spec.conda-lock.yml"
-CANONICAL = "https://conda.anaconda.org/conda-forge/"
+CANONICAL = f"{mirrors.DEFAULT_ALIAS}/conda-forge/"
 KEYS = ("mirrored_channels", "custom_channels", "channel_alias")
 _CONDARC_VARS = ("CONDARC", "MAMBARC") + tuple(
     prefix + key.upper() for prefix in condarc.ENV_PREFIXES for key in condarc.KEYS
@@ -194,8 +194,8 @@ def test_routes_follow_micromambas_order_and_keep_canonical_urls():
     routes = [router.route(c) for c in ("conda-forge", "bioconda", "pytorch", "https://own/ch")]
     assert [(r.canonical, r.url, r.setting and r.setting.key) for r in routes] == [
         (CANONICAL[:-1], "https://m1.ex/cf", "mirrored_channels"),
-        ("https://conda.anaconda.org/bioconda", "https://c.ex/bioconda", "custom_channels"),
-        ("https://conda.anaconda.org/pytorch", "https://alias.example/pytorch", "channel_alias"),
+        (f"{mirrors.DEFAULT_ALIAS}/bioconda", "https://c.ex/bioconda", "custom_channels"),
+        (f"{mirrors.DEFAULT_ALIAS}/pytorch", "https://alias.example/pytorch", "channel_alias"),
         ("https://own/ch", "https://own/ch", None),
     ]
     package = "https://m1.ex/cf/noarch/x-1-0.conda"

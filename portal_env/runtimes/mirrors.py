@@ -1,18 +1,19 @@
 """Where a conda channel is fetched from here, and what a lockfile records for it.
 
 A lockfile records each package at its canonical URL: a channel given by name is
-`https://conda.anaconda.org/NAME` (conda's default channel_alias), a channel given by
-URL is that URL. That is what the package is called wherever the lock is installed,
-so a lockfile made through one site's mirror installs at another site, through its
-own mirror or none (as pixi and conda-lock keep lockfiles portable). Fetching goes
-through this machine's settings (`condarc`), tried in micromamba's order:
-`mirrored_channels` (the first mirror of the list), then `custom_channels`, then
-`channel_alias`.
+`DEFAULT_ALIAS/NAME` (conda's default channel_alias), a channel given by URL is that
+URL. That is what the package is called wherever the lock is installed, so a lockfile
+made through one site's mirror installs at another site, through its own mirror or
+none (pixi keeps its lockfiles portable the same way). Fetching goes through this
+machine's settings (`condarc`), tried in micromamba's order: `mirrored_channels` (the
+first mirror of the list), then `custom_channels`, then `channel_alias`.
 
 portal-env maps the URLs itself, for both installers: py-rattler's MirrorMiddleware
 takes only http(s) mirrors (a file:// mirror fails with "URL scheme is not allowed"),
-and micromamba applies `channel_alias` and `custom_channels` to channel names, never
-to the explicit package URLs of a lockfile.
+and micromamba 2.8.1 applies none of the three settings to the explicit package URLs
+of a lockfile (checked: `micromamba create -f LOCK` still fetched from the canonical
+host with `mirrored_channels` or `channel_alias` set), so it is given a copy of the
+lock with the URLs mapped.
 """
 
 from __future__ import annotations
