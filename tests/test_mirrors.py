@@ -339,3 +339,22 @@ def test_a_build_whose_mirror_is_gone_names_the_channel_mirror_and_setting(
         assert f"'conda-forge' at {gone} (mirrored_channels in {path})" in message, message
         assert needle in message and "mirrored_channels:\n    conda-forge:" in message
         assert built_prefixes(tmp_path / "cache") == []  # nothing half-made is left
+
+
+def test_messages_hide_the_credentials_of_mirror_urls():
+    token = "s3cret-token"
+    settings = condarc.ChannelSettings(
+        mirrored_channels=condarc.Setting(
+            "mirrored_channels", {"conda-forge": [f"https://me:{token}@m.example/cf"]}, "f"
+        )
+    )
+    router = mirrors.Router(settings)
+    route = router.route("conda-forge")
+    assert route.url == f"https://me:{token}@m.example/cf"  # fetched with them
+    message = mirrors.unreachable([route], f"error sending request for url ({route.url})", router)
+    assert token not in message and "https://***@m.example/cf" in message
+    assert token not in str(route) and token not in router.describe()
+    # an installer that drops the user:token from the records still maps them back
+    assert router.canonical_url("https://m.example/cf/noarch/a-1-0.conda", [route]) == (
+        CANONICAL + "noarch/a-1-0.conda"
+    )

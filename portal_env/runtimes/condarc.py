@@ -76,9 +76,10 @@ class ChannelSettings:
 def read(env: Mapping[str, str] = os.environ) -> ChannelSettings:
     """The channel settings from env's variables and the configuration files."""
     files = [path for path in reversed(search_path(env)) if path.is_file()]
+    contents = [(path, _load(path)) for path in files]
     found: Dict[str, Setting] = {}
     for key in KEYS:
-        setting = _from_environment(key, env) or _from_files(key, files)
+        setting = _from_environment(key, env) or _from_files(key, contents)
         if setting is not None:
             found[key] = _checked(setting)
     return ChannelSettings(files=tuple(files), **found)
@@ -154,9 +155,8 @@ def _from_environment(key: str, env: Mapping[str, str]) -> Optional[Setting]:
     return None
 
 
-def _from_files(key: str, files: List[Path]) -> Optional[Setting]:
-    for path in files:
-        data = _load(path)
+def _from_files(key: str, contents: List[Tuple[Path, Dict[str, Any]]]) -> Optional[Setting]:
+    for path, data in contents:
         if data.get(key) is not None:
             return Setting(key, data[key], str(path))
     return None

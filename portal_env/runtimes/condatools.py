@@ -86,7 +86,7 @@ def _micromamba_tried() -> str:
 
 def require_lock_tools(what: str, lockfile: Path) -> None:
     """A clear error, listing what is missing, when py-rattler or conda-lock is not here to
-    do what (e.g. "lock vizdoom's spec"); lockfile: where the lock would be written."""
+    do what (e.g. "lock the spec of vizdoom"); lockfile: where the lock would be written."""
     tried = [missing_module("rattler", "py-rattler"), missing_module("conda_lock", "conda-lock")]
     missing = [reason for reason in tried if reason is not None]
     if missing:

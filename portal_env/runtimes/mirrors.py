@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, List, Optional, Tuple
@@ -30,6 +31,7 @@ from .condarc import ChannelSettings, Setting
 logger = logging.getLogger(__name__)
 
 DEFAULT_ALIAS = "https://conda.anaconda.org"
+_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
 
 
 def as_url(location: str) -> str:
@@ -46,6 +48,12 @@ def canonical(channel: str) -> str:
     if "://" in channel or channel.startswith(("/", "~", "./", "../")):
         return as_url(channel)
     return f"{DEFAULT_ALIAS}/{channel.strip('/')}"
+
+
+def shown(text: str) -> str:
+    """text with the credentials of any URL in it hidden (`https://***@host/...`): a
+    mirror's URL may hold a user and token, which messages must not print."""
+    return _CREDENTIALS.sub(r"\1***@", text)
 
 
 def channel_name(url: str) -> str:
@@ -78,9 +86,9 @@ class Route:
     setting: Optional[Setting] = None
 
     def __str__(self) -> str:
-        if self.setting is None:
-            return f"{self.channel} -> {self.url} (no mirror setting applies)"
-        return f"{self.channel} -> {self.url} ({self.setting})"
+        return shown(
+            f"{self.channel} -> {self.url} ({self.setting or 'no mirror setting applies'})"
+        )
 
 
 class Router:
@@ -140,11 +148,12 @@ class Router:
 
     def canonical_url(self, url: str, routes: Iterable[Route]) -> str:
         """The canonical URL of url, a package fetched through one of routes."""
+        bare = _CREDENTIALS.sub(r"\1", url)  # an installer may drop a mirror's user:token
         for route in sorted(routes, key=lambda r: len(r.url), reverse=True):
-            rest = _under(url, route.url)
+            rest = _under(bare, _CREDENTIALS.sub(r"\1", route.url))
             if rest is not None:
                 return route.canonical + rest
-        logger.warning("%s is in none of the channels %s: recorded as it is", url, list(routes))
+        logger.warning("%s is in none of the channels %s: recorded as it is", shown(url), routes)
         return url
 
     def describe(self) -> str:
@@ -168,7 +177,7 @@ def _describe(setting: Setting) -> str:
     value = setting.value
     if isinstance(value, dict):
         value = ", ".join(f"{k}: {v}" for k, v in value.items())
-    return f"{setting.key} in {setting.source} ({value})"
+    return shown(f"{setting.key} in {setting.source} ({value})")
 
 
 def how_to_add(routes: List[Route]) -> str:
@@ -196,8 +205,8 @@ def unreachable(routes: List[Route], error: str, router: Router) -> str:
     )
     return "\n".join(
         [
-            f"channel {where} cannot be reached:",
-            error.strip(),
+            shown(f"channel {where} cannot be reached:"),
+            shown(error.strip()),
             f"Mirror settings read: {router.describe()}",
             how_to_add(named),
         ]

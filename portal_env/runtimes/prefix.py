@@ -215,16 +215,17 @@ def build(
         raise no_tool(f"install a prefix for {alternative_prefix} (only py-rattler can)", [missing])
     where = alternative_prefix or prefix
     reporter.status(f"installing the conda packages of {lock_path.name} for {where} ({tool})")
+    router = Router.from_environment()  # this machine's mirrors, read once per build
     with tempfile.TemporaryDirectory(prefix="portal-env-conda-") as tmp:
-        fetched = _fetch_lock(lock_path, platform, Path(tmp))
+        fetched = _fetch_lock(lock_path, platform, Path(tmp), router)
         try:
             _verify_local_archives(fetched, platform, lock_path)
             if tool == MICROMAMBA:
-                _install_conda_micromamba(str(micromamba_exe()), fetched, prefix)
+                _install_conda_micromamba(str(micromamba_exe()), fetched, prefix, lock_path)
             else:
-                _install_conda_rattler(fetched, platform, prefix, alternative_prefix)
+                _install_conda_rattler(fetched, lock_path, platform, prefix, alternative_prefix)
         except BuildError as exc:
-            raise _unreachable(exc, lock_path, platform) from None
+            raise _unreachable(exc, lock_path, platform, router) from None
     _install_pip(lock_path, platform, prefix, reporter)
     activation = capture_activation(prefix)
     if source.setup_script is not None:
@@ -234,14 +235,15 @@ def build(
     return activation, tool
 
 
-def _install_conda_micromamba(exe: str, fetched: Path, prefix: Path) -> None:
-    """`micromamba create -f LOCK` for the conda packages, with our package cache."""
+def _install_conda_micromamba(exe: str, fetched: Path, prefix: Path, lock_path: Path) -> None:
+    """`micromamba create -f LOCK` for the conda packages of fetched (lock_path's copy to
+    install), with our package cache."""
     env = dict(os.environ, CONDA_PKGS_DIRS=str(pkgs_dir()))
     command = [exe, "create", "--yes", "--prefix", str(prefix), "--file", str(fetched)]
-    run(command, f"create the conda prefix {prefix} with micromamba", env=env)
+    run(command, f"create the conda prefix {prefix} from {lock_path} with micromamba", env=env)
 
 
-def _fetch_lock(lock_path: Path, platform: str, directory: Path) -> Path:
+def _fetch_lock(lock_path: Path, platform: str, directory: Path, router: Router) -> Path:
     """A copy of the lockfile, in directory, that the installers read: the conda packages
     of platform, each at the URL this machine fetches it from (its mirror, see `mirrors`).
 
@@ -254,7 +256,6 @@ def _fetch_lock(lock_path: Path, platform: str, directory: Path) -> Path:
 
     data = read_lockfile(lock_path)
     conda = [p for p in locked_packages(lock_path, platform) if p.get("manager") == "conda"]
-    router = Router.from_environment()
     for entry in conda:
         entry["url"] = router.fetch_url(str(entry["url"]))[0]
     data["package"] = conda
@@ -263,12 +264,11 @@ def _fetch_lock(lock_path: Path, platform: str, directory: Path) -> Path:
     return path
 
 
-def _unreachable(exc: BuildError, lock_path: Path, platform: str) -> BuildError:
+def _unreachable(exc: BuildError, lock_path: Path, platform: str, router: Router) -> BuildError:
     """exc, or a ChannelError naming the channels, mirror settings and how to add one when
     exc says a package could not be downloaded."""
     if not _UNREACHABLE.search(str(exc)):
         return exc
-    router = Router.from_environment()
     urls = [str(p["url"]) for p in locked_packages(lock_path, platform) if p["manager"] == "conda"]
     routes = router.package_routes(urls)
     return ChannelError(
@@ -301,9 +301,14 @@ def _verify_local_archives(fetched: Path, platform: str, lock_path: Path) -> Non
 
 
 def _install_conda_rattler(
-    fetched: Path, platform: str, prefix: Path, alternative_prefix: Optional[str] = None
+    fetched: Path,
+    lock_path: Path,
+    platform: str,
+    prefix: Path,
+    alternative_prefix: Optional[str] = None,
 ) -> None:
-    """Install with py-rattler; with alternative_prefix, for a prefix that will live there."""
+    """Install the conda packages of fetched (lock_path's copy to install) with py-rattler;
+    with alternative_prefix, for a prefix that will live there."""
     from .rattler_calls import RattlerCallError, install
 
     logger.debug("installing the conda packages of %s into %s with py-rattler", fetched, prefix)
@@ -316,7 +321,7 @@ def _install_conda_rattler(
                 tried.insert(0, "the micromamba executable: none was found or chosen")
             raise no_tool("install conda packages", tried) from None
         raise BuildError(
-            f"could not install the conda packages of {fetched.name} into {prefix}: {exc}"
+            f"could not install the conda packages of {lock_path} into {prefix}: {exc}"
         ) from None
 
 
