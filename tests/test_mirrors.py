@@ -358,3 +358,35 @@ def test_messages_hide_the_credentials_of_mirror_urls():
     assert router.canonical_url("https://m.example/cf/noarch/a-1-0.conda", [route]) == (
         CANONICAL + "noarch/a-1-0.conda"
     )
+
+
+@pytest.mark.parametrize("installer", installers.ALL, indirect=True)
+def test_an_http_mirror_locks_and_builds_like_a_file_one(
+    installer: str, mirror: Path, reference_lock: bytes, tmp_path: Path, no_user_condarc,
+    monkeypatch: pytest.MonkeyPatch,
+):  # fmt: skip
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(mirror))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/conda-forge"
+        write_condarc(no_user_condarc / ".condarc", {"mirrored_channels": {"conda-forge": [url]}})
+        env_dir = cartpole(tmp_path / "cartpole")
+        done = cli("lock", "cp", "-p", str(env_dir), "-b", "mm")
+        assert done.returncode == 0, done.stderr
+        assert (env_dir / LOCK).read_bytes() == reference_lock  # no trace of the mirror
+        monkeypatch.setenv("PORTAL_ENV_PKGS_DIR", str(tmp_path / "pkgs"))  # downloaded here
+        runtime = MicromambaBackend().ensure(
+            catalog.find("cp", env_dir), force=False, reporter=LogReporter()
+        )
+        records = [
+            json.loads(p.read_text()) for p in (runtime.prefix / "conda-meta").glob("*.json")
+        ]
+        assert {"python", "pip", "cloudpickle"} <= {r["name"] for r in records}
+    finally:
+        server.shutdown()
+        server.server_close()
