@@ -44,7 +44,7 @@ EXAMPLE = ROOT / "examples" / "cartpole_env"
 
 LEARNER = """
 import json, os, sys, time
-from portal_env.portal import multivec
+from portal_env.portal.vector import multiserver
 from portal_env.serving import registry
 
 CASES = json.loads(os.environ["CASES"])
@@ -72,8 +72,8 @@ def steps_per_s(vec, steps):
 rows = []
 for name, env_id, num_envs, steps in CASES:
     found = wait_servers(name)
-    one = multivec.make_vec(name, num_envs, [env_id], addresses=[found[0].address])
-    both = multivec.make_vec(name, num_envs, [env_id])
+    one = multiserver.make_vec(name, num_envs, [env_id], addresses=[found[0].address])
+    both = multiserver.make_vec(name, num_envs, [env_id])
     one.action_space.seed(0)
     both.action_space.seed(0)
     best = {"one": 0.0, "both": 0.0}

@@ -12,7 +12,7 @@ What it does, in one run on this machine:
      from its own download cache, `UV_OFFLINE=1`, as the namespace has no network: no
      download time is in it), median of R;
    - per env, one fleet of 2 servers (one per node) and, alternating, best of R:
-     `fleet.make_vec(num_envs=N)` vs `multivec.make_vec(addresses=<the same servers>,
+     `fleet.make_vec(num_envs=N)` vs `multiserver.make_vec(addresses=<the same servers>,
      token=fleet.token)` vs gymnasium's `AsyncVectorEnv` of N in-process envs.
 
 Both "nodes" share this machine's 2 cores (and other work), so absolute figures are
@@ -87,7 +87,7 @@ def cold_times(pray: Any, env_dir: Path, work: Path, state: str, repeats: int) -
 
 
 def vector_rows(pray: Any, env_dir: Path, args: argparse.Namespace, cache: str, state: str):
-    from portal_env.portal import multivec
+    from portal_env.portal.vector import multiserver
 
     rows = []
     for name, env_id, steps in CASES if args.pong else CASES[:1]:
@@ -97,7 +97,7 @@ def vector_rows(pray: Any, env_dir: Path, args: argparse.Namespace, cache: str, 
             n = args.num_envs
             vecs = {
                 "fleet": fleet.make_vec(num_envs=n, env_args=[env_id]),
-                "direct": multivec.make_vec(name, n, [env_id], token=fleet.token,
+                "direct": multiserver.make_vec(name, n, [env_id], token=fleet.token,
                                             addresses=[a for _, a in fleet.endpoints]),
                 "async": async_vec(env_id, n),
             }  # fmt: skip

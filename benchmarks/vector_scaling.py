@@ -658,7 +658,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     if args.serve:
         serve(args.socket, args.always_spin)
         return
-    from portal_env.portal.workers import available_cores
+    from portal_env.portal.vector.workers import available_cores
 
     plan, cores = Plan.for_mode(args.quick), available_cores()
     print(

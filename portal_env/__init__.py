@@ -22,9 +22,9 @@ from .errors import (
     UnsupportedSpaceError,
 )
 from .portal.agent import AgentSidePortal
-from .portal.multivec import make_vec
 from .portal.server import EnvSidePortal
-from .portal.vector import PortalVectorEnv
+from .portal.vector.agent import PortalVectorEnv
+from .portal.vector.multiserver import make_vec
 
 __version__ = "0.10.0"
 
@@ -52,7 +52,7 @@ if "Portal-v0" not in gymnasium.registry:
     gymnasium.register(
         "Portal-v0",
         entry_point="portal_env.portal.agent:AgentSidePortal",
-        vector_entry_point="portal_env.portal.multivec:make_vec",
+        vector_entry_point="portal_env.portal.vector.multiserver:make_vec",
         disable_env_checker=True,  # the remote env is checked where it runs
     )
 

@@ -7,7 +7,7 @@ import pytest
 
 from portal_env import AgentSidePortal, make_vec
 from portal_env.portal import infopack
-from portal_env.portal.vector import _InfoRows, merge_scalar_infos
+from portal_env.portal.vector.agent import _InfoRows, merge_scalar_infos
 from tests import envs
 from tests.test_agent import assert_identical, run_trajectory
 from tests.test_vector import local_vec, vec_trajectory

@@ -12,8 +12,8 @@ import pytest
 
 from portal_env import config
 from portal_env.errors import PortalConnectionError, PortalEnvError
-from portal_env.portal import multivec
-from portal_env.portal.vector import PortalVectorEnv
+from portal_env.portal.vector import multiserver
+from portal_env.portal.vector.agent import PortalVectorEnv
 from portal_env.serving import registry
 
 from .conftest import ServerProcess, start_server
@@ -50,9 +50,9 @@ def job_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, two_servers):
 
 
 def test_split_is_even_and_larger_blocks_first():
-    assert multivec.split(64, 2) == [32, 32]
-    assert multivec.split(5, 2) == [3, 2]
-    assert multivec.split(2, 3) == [1, 1, 0]
+    assert multiserver.split(64, 2) == [32, 32]
+    assert multiserver.split(5, 2) == [3, 2]
+    assert multiserver.split(2, 3) == [1, 1, 0]
 
 
 @pytest.mark.parametrize(
@@ -60,8 +60,8 @@ def test_split_is_even_and_larger_blocks_first():
     [("CartPole-v1", 250), ("PortalTest/Rich-v0", 30), ("PortalTest/Typed-v0", 45)],
 )
 def test_spread_over_every_registered_server_matches_sync_vector_env(job_registry, env_id, steps):
-    vec = multivec.make_vec("custom", num_envs=5, env_args=[env_id])
-    assert isinstance(vec, multivec.MultiServerVectorEnv)
+    vec = multiserver.make_vec("custom", num_envs=5, env_args=[env_id])
+    assert isinstance(vec, multiserver.MultiServerVectorEnv)
     assert [e.node for e in vec.endpoints] == ["n1", "n2"] and vec.sizes == [3, 2]
     assert vec.metadata["autoreset_mode"] == gymnasium.vector.AutoresetMode.NEXT_STEP
     local = local_vec(env_id, 5)
@@ -76,7 +76,7 @@ def test_explicit_addresses_with_one_token(tmp_path: Path):
     env = {"PORTAL_ENV_TOKEN": "one-token-for-the-job"}
     servers = [start_server(tmp_path, env), start_server(tmp_path, env)]
     try:
-        vec = multivec.make_vec(
+        vec = multiserver.make_vec(
             "custom", 4, ["PortalTest/Rich-v0"], {"render_mode": "rgb_array"},
             addresses=[s.address for s in servers], token="one-token-for-the-job",
         )  # fmt: skip
@@ -87,7 +87,7 @@ def test_explicit_addresses_with_one_token(tmp_path: Path):
         vec.set_attr("label", ["a", "b", "c", "d"])
         assert vec.get_attr("label") == ("a", "b", "c", "d")
         vec.close()
-        single = multivec.make_vec(
+        single = multiserver.make_vec(
             "custom",
             2,
             ["CartPole-v1"],
@@ -102,7 +102,7 @@ def test_explicit_addresses_with_one_token(tmp_path: Path):
 
 
 def test_lost_server_is_reported_not_replayed_and_reset_reconnects(job_registry, tmp_path: Path):
-    vec = multivec.make_vec("custom", num_envs=4, env_args=["CartPole-v1"])
+    vec = multiserver.make_vec("custom", num_envs=4, env_args=["CartPole-v1"])
     vec.reset(seed=1)
     vec.step(vec.action_space.sample())
     n1 = next(s for s in job_registry if s.address == vec.endpoints[0].address)
@@ -130,7 +130,7 @@ def test_lost_server_is_reported_not_replayed_and_reset_reconnects(job_registry,
 def test_no_server_anywhere_names_the_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv(config.REGISTRY_DIR_VAR, str(tmp_path / "empty"))
     with pytest.raises(PortalEnvError, match="PORTAL_ENV_REGISTRY_DIR"):
-        multivec.make_vec("nothing", 8)
+        multiserver.make_vec("nothing", 8)
 
 
 def test_min_servers_waits_for_late_servers_then_says_which_are_missing(
@@ -142,11 +142,11 @@ def test_min_servers_waits_for_late_servers_then_says_which_are_missing(
     try:
         timer = threading.Timer(1.0, _register, (late, "n3"))
         timer.start()
-        vec = multivec.make_vec("custom", 6, ["CartPole-v1"], min_servers=3, timeout=30)
+        vec = multiserver.make_vec("custom", 6, ["CartPole-v1"], min_servers=3, timeout=30)
         timer.join()
         assert [e.node for e in vec.endpoints] == ["n1", "n2", "n3"] and vec.sizes == [2, 2, 2]
         vec.close()
     finally:
         late.stop()
     with pytest.raises(PortalEnvError, match=r"only 2 of 4 servers .* nodes n1, n2"):
-        multivec.make_vec("custom", 6, ["CartPole-v1"], min_servers=4, timeout=0.5)
+        multiserver.make_vec("custom", 6, ["CartPole-v1"], min_servers=4, timeout=0.5)

@@ -154,7 +154,7 @@ import json, os, sys, time
 import numpy as np
 from gymnasium.vector import SyncVectorEnv
 import gymnasium
-from portal_env.portal import multivec
+from portal_env.portal.vector import multiserver
 from portal_env.serving import registry
 from tests.test_agent import assert_identical
 
@@ -203,7 +203,7 @@ def test_job_learner_steps_one_vector_env_over_servers_on_both_nodes(job: Job):
         """
         # as in the README's job: wait for a server on each of the job's nodes
         nodes = int(os.environ["SLURM_JOB_NUM_NODES"])
-        vec = multivec.make_vec("mycart", 8, ["CartPole-v1"], min_servers=nodes, timeout=120)
+        vec = multiserver.make_vec("mycart", 8, ["CartPole-v1"], min_servers=nodes, timeout=120)
         servers = registry.lookup_all("mycart")
         local = SyncVectorEnv([lambda: gymnasium.make("CartPole-v1") for _ in range(8)])
         got, expected = trajectory(vec, 3, 300), trajectory(local, 3, 300)
@@ -253,7 +253,7 @@ def test_killed_server_restarts_on_its_node_and_the_lost_step_is_not_replayed(jo
         """
         from portal_env.errors import PortalConnectionError
         servers = wait_servers(2)
-        vec = multivec.make_vec("mycart", num_envs=4, env_args=["CartPole-v1"])
+        vec = multiserver.make_vec("mycart", num_envs=4, env_args=["CartPole-v1"])
         vec.reset(seed=0)
         for _ in range(5):
             vec.step(vec.action_space.sample())
@@ -326,7 +326,7 @@ def test_job_serves_mm_offline_from_the_shared_cache_on_both_nodes(
         learner = _learner(
             job.tmp,
             """
-            vec = multivec.make_vec("mycart", 6, ["CartPole-v1"], min_servers=2, timeout=120)
+            vec = multiserver.make_vec("mycart", 6, ["CartPole-v1"], min_servers=2, timeout=120)
             local = SyncVectorEnv([lambda: gymnasium.make("CartPole-v1") for _ in range(6)])
             assert_identical(trajectory(vec, 5, 100), trajectory(local, 5, 100))
             json.dump(dict(nodes=[e.node for e in vec.endpoints],

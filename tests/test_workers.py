@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from portal_env import RemoteEnvError, make_vec
-from portal_env.portal import workers
 from portal_env.portal.hosted import HostedVectorEnv
-from portal_env.portal.shard import InstanceError
+from portal_env.portal.vector import workers
+from portal_env.portal.vector.shard import InstanceError
 from tests import envs
 from tests.conftest import ROOT, pid_alive, start_server, wait_gone
 from tests.test_agent import assert_identical

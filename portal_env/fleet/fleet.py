@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..errors import FleetError
 from ..portal.client import DEFAULT_TIMEOUT
-from ..portal.multivec import Endpoint
+from ..portal.vector.multiserver import Endpoint
 from .agent import FleetEnv
 from .launcher import Launcher, ServerSpec
 from .vec import FleetVectorEnv

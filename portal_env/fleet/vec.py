@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence
 
 from ..portal.client import DEFAULT_TIMEOUT
-from ..portal.multivec import Endpoint, MultiServerVectorEnv
+from ..portal.vector.multiserver import Endpoint, MultiServerVectorEnv
 
 if TYPE_CHECKING:
     from .fleet import Fleet

@@ -13,8 +13,9 @@ import numpy as np
 from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
 
 from ..config import spin_us as config_spin_us
-from . import asyncsteps, batchmem, fastpath, screenbuf, spaces, workers
-from .shard import EnvFactory, InstanceError, Shard, call, get_attr, set_attr
+from . import fastpath, screenbuf, spaces
+from .vector import asyncsteps, batchmem, workers
+from .vector.shard import EnvFactory, InstanceError, Shard, call, get_attr, set_attr
 
 
 def _describe(facts: Dict[str, Any]) -> Dict[str, Any]:

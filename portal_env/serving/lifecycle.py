@@ -203,7 +203,7 @@ class Portal:
         **options: Any,
     ) -> Any:
         """A VectorEnv of num_envs instances on this portal (options: those of make_vec)."""
-        from ..portal.multivec import make_vec
+        from ..portal.vector.multiserver import make_vec
 
         return make_vec(
             self.name,

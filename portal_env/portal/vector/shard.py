@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from gymnasium.vector.utils import concatenate
 
-from . import screenbuf
+from .. import screenbuf
 from .batchmem import slice_tree
 
 EnvFactory = Callable[..., Any]

@@ -8,9 +8,9 @@ import gymnasium
 import numpy as np
 from gymnasium.vector.utils import batch_space
 
-from . import fastpath, spaces
-from .agent import make_remote
-from .client import DEFAULT_TIMEOUT, Client
+from .. import fastpath, spaces
+from ..agent import make_remote
+from ..client import DEFAULT_TIMEOUT, Client
 
 
 class PortalVectorEnv(gymnasium.vector.VectorEnv):

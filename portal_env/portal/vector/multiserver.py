@@ -22,9 +22,9 @@ import numpy as np
 from gymnasium import spaces as gs
 from gymnasium.vector.utils import batch_space
 
-from ..errors import PortalConnectionError, PortalEnvError
-from .client import DEFAULT_TIMEOUT
-from .vector import PortalVectorEnv
+from ...errors import PortalConnectionError, PortalEnvError
+from ..client import DEFAULT_TIMEOUT
+from .agent import PortalVectorEnv
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class Endpoint:
 def registered_endpoints(env_name: str, min_servers: int = 1, wait: float = 0.0) -> List[Endpoint]:
     """Every ready server registered for env_name, across nodes (this node's first);
     waits up to wait seconds until there are min_servers of them."""
-    from ..serving import registry  # lazily: the agent's import path stays light
+    from ...serving import registry  # lazily: the agent's import path stays light
 
     deadline = time.monotonic() + wait
     records = registry.lookup_all(env_name)

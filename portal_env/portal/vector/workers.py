@@ -45,8 +45,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from gymnasium.vector.utils import batch_space, iterate
 
-from ..errors import PortalEnvError
-from . import infopack, spin
+from ...errors import PortalEnvError
+from .. import infopack, spin
 from .shard import EnvFactory, InstanceError, Shard
 
 logger = logging.getLogger(__name__)
