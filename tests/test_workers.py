@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from portal_env import RemoteEnvError, make_vec
-from portal_env.portal.hosted import HostedVectorEnv
 from portal_env.portal.vector import workers
+from portal_env.portal.vector.hosted import HostedVectorEnv
 from portal_env.portal.vector.shard import InstanceError
 from tests import envs
 from tests.conftest import ROOT, pid_alive, start_server, wait_gone

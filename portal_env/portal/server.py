@@ -26,7 +26,8 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 from .. import config
 from ..errors import EncodeError, PortalConnectionError, PortalEnvError, ProtocolError
 from . import sharedmem, wire
-from .hosted import EnvFactory, HostedEnv, HostedVectorEnv
+from .hosted import EnvFactory, HostedEnv
+from .vector.hosted import HostedVectorEnv
 
 logger = logging.getLogger(__name__)
 

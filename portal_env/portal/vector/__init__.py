@@ -5,3 +5,19 @@ VectorEnv over many servers). Env side: `shard` (instances stepped one after
 another), `workers` (forked processes that each step a shard), `batchmem` (the
 batch they write into), `asyncsteps` (EnvPool-style send/recv).
 """
+
+from typing import Any
+
+
+def __getattr__(name: str) -> Any:
+    """PortalVectorEnv and make_vec, loaded on first use: the env side imports this package
+    for its workers and needs no agent code."""
+    if name == "PortalVectorEnv":
+        from .agent import PortalVectorEnv
+
+        return PortalVectorEnv
+    if name == "make_vec":
+        from .multiserver import make_vec
+
+        return make_vec
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,34 +7,14 @@ a sharded run is the same sequence of env calls as gymnasium's SyncVectorEnv.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from gymnasium.vector.utils import concatenate
 
 from .. import screenbuf
+from ..hosted import EnvFactory, call, get_attr, set_attr
 from .batchmem import slice_tree
-
-EnvFactory = Callable[..., Any]
-
-
-def get_attr(env: Any, name: str) -> Any:
-    # gymnasium>=1.0 wrappers no longer forward attribute access to the inner env.
-    getter = getattr(env, "get_wrapper_attr", None)
-    return getter(name) if getter else getattr(env, name)
-
-
-def set_attr(env: Any, name: str, value: Any) -> None:
-    setter = getattr(env, "set_wrapper_attr", None)
-    if setter:
-        setter(name, value)
-    else:
-        setattr(env.unwrapped, name, value)
-
-
-def call(env: Any, name: str, args: Sequence[Any], kwargs: Dict[str, Any]) -> Any:
-    attr = get_attr(env, name)
-    return attr(*args, **kwargs) if callable(attr) else attr
 
 
 class InstanceError(Exception):

@@ -47,7 +47,8 @@ from gymnasium.vector.utils import batch_space, iterate
 
 from ...errors import PortalEnvError
 from .. import infopack, spin
-from .shard import EnvFactory, InstanceError, Shard
+from ..hosted import EnvFactory
+from .shard import InstanceError, Shard
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,295 @@
+"""The env-side object one agent connection controls for a vector env: N instances,
+stepped by the server thread and, where they pay off, forked worker processes.
+
+Imported inside isolated runtimes, which may carry an older gymnasium: only the
+standard library, numpy and gymnasium here.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
+
+from ...config import spin_us as config_spin_us
+from .. import fastpath
+from ..hosted import EnvFactory, describe
+from . import asyncsteps, batchmem, workers
+from .shard import InstanceError, Shard
+
+
+def resolve_workers(num_workers: Optional[int], num_envs: int) -> int:
+    """How many processes of the server step a vector env of num_envs at once.
+
+    0 or 1: the server thread steps every instance. By default one per
+    available core, at most one per instance; the default is checked against
+    the env itself by HostedVectorEnv (pays_off).
+    """
+    if not isinstance(num_envs, int) or num_envs < 1:
+        raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
+    if num_workers is None:
+        count = min(workers.available_cores(), num_envs)
+        return count if count > 1 else 0
+    if not isinstance(num_workers, int) or not 0 <= num_workers <= num_envs:
+        raise ValueError(
+            f"num_workers must be an integer from 0 (step in the server thread) to "
+            f"num_envs={num_envs}, got {num_workers!r}"
+        )
+    return num_workers
+
+
+class HostedVectorEnv:
+    """N instances stepped together, with gymnasium 1.x next-step autoreset.
+
+    With K workers the instances are split into K contiguous shards that step at
+    once: the server thread steps the first itself and K-1 forked worker
+    processes step the others, so no core waits for a hand-off. An
+    `asynchronous` env (EnvPool-style send/recv) forks all K instead, which keeps
+    the server thread free to report whichever instance finishes first.
+    Observations land in one shared batch. Without workers the server thread
+    steps every instance one after another. Infos go back as a list and are
+    merged by the agent's own gymnasium.
+    """
+
+    def __init__(
+        self,
+        factory: EnvFactory,
+        num_envs: int,
+        args: Sequence[Any],
+        kwargs: Dict[str, Any],
+        num_workers: Optional[int] = None,
+        asynchronous: bool = False,
+    ) -> None:
+        count = resolve_workers(num_workers, num_envs)
+        if num_workers is None and count and not workers.pays_off(factory, args, kwargs, num_envs):
+            count = 0  # cheap steps: hand-offs to workers would cost more than they save
+        self.num_envs = num_envs
+        self.local: Optional[Shard] = None  # what this thread steps: all, or the first shard
+        self.workers: List[workers.Worker] = []
+        self.batch: Optional[batchmem.SharedBatch] = None
+        self.agent_memory = False  # the workers write fast steps' observations to the agent
+        self._layout: Optional[fastpath.VectorLayout] = None
+        self._reply_spin = workers.ReplySpin(config_spin_us())
+        shards = workers.split(num_envs, max(count, 1))
+        forked = shards if asynchronous and count else shards[1:]
+        if not forked:
+            self.local = Shard(factory, args, kwargs, 0, num_envs)
+            self.facts = self.local.facts()
+        else:
+            own = None if forked is shards else shards[0]
+            self._start_workers(factory, args, kwargs, forked, own)
+        self.single_observation_space = self.facts["observation_space"]
+        self.action_space = batch_space(self.facts["action_space"], num_envs)
+        if self.local is not None:
+            self._local_actions = batch_space(self.facts["action_space"], len(self.local.envs))
+        self.pending = asyncsteps.AsyncSteps(self)
+
+    def extra_ops(self) -> Dict[str, Any]:
+        """Requests beyond the single-env ones: EnvPool-style async stepping."""
+        return {
+            "async_reset": self.pending.reset,
+            "send": self.pending.send,
+            "recv": self.pending.recv,
+        }
+
+    def _start_workers(
+        self,
+        factory: EnvFactory,
+        args: Sequence[Any],
+        kwargs: Dict[str, Any],
+        forked: List[range],
+        own: Optional[range],
+    ) -> None:
+        fd = batchmem.anonymous_file(0)
+        try:
+            # Fork first: the workers start without this thread's envs in their memory.
+            self.workers = workers.start(factory, args, kwargs, forked, fd)
+            if own is not None:
+                try:
+                    self.local = Shard(factory, args, kwargs, own.start, len(own))
+                except Exception as exc:  # named as a worker's failure would be
+                    raise workers.instance_error(None, exc, own.start) from None
+            self.facts = self.workers[0].facts
+            space = self.facts["observation_space"]
+            size = batchmem.batch_bytes(space, self.num_envs)
+            if size is not None:
+                os.ftruncate(fd, size)
+                self.batch = batchmem.SharedBatch(space, self.num_envs, fd)
+                if self.local is not None:
+                    self.local.out = self.batch.rows(own.start, own.stop)  # type: ignore[union-attr]
+            for worker in self.workers:
+                worker.send("attach", (fd, space if size is not None else None, self.num_envs))
+            workers.gather(self.workers, "attach")
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            os.close(fd)
+
+    def adopt_agent_memory(self, fd: int, layout: Any) -> None:
+        """Have the workers write step observations into the mapping shared with the agent.
+
+        fd is a descriptor of the file the server made for it (server.Session);
+        each worker gets a duplicate over its pipe and maps that, never a path.
+        Only where the step layout keeps a plain observation array in each ring
+        slot (what fastpath.Slot.share writes); the reply then needs no copy here.
+        """
+        if not self.workers or layout.obs is None or layout.shm is None:
+            return
+        slot = layout.obs
+        for worker in self.workers:
+            worker.send("adopt_agent_memory", (len(layout.shm), slot.dtype, slot.shape))
+            worker.send_fd("adopt_agent_memory", fd)
+        if not all(workers.gather(self.workers, "adopt_agent_memory")):
+            for worker in self.workers:
+                worker.send("adopt_agent_memory", None)
+            workers.gather(self.workers, "adopt_agent_memory")
+            return  # observations then go through the shared batch, as for TCP
+        self.agent_memory = True
+
+    def describe(self) -> Dict[str, Any]:
+        return describe(self.facts)
+
+    def layout(self) -> fastpath.VectorLayout:
+        self._layout = fastpath.VectorLayout(
+            self.facts["observation_space"], self.facts["action_space"], self.num_envs
+        )
+        return self._layout
+
+    def _batch(self, shard_observations: Sequence[Any]) -> Any:
+        if self.batch is not None:
+            return self.batch.arrays  # the workers wrote into it
+        observations = [obs for part in shard_observations for obs in part]
+        out = create_empty_array(self.single_observation_space, self.num_envs, fn=np.empty)
+        return concatenate(self.single_observation_space, observations, out)
+
+    def _each_shard(self, op: str, per_instance: Optional[Sequence[Any]], *args: Any) -> List[Any]:
+        """Run op on every shard at once; per_instance values are split among the shards."""
+        self.pending.check_idle(op)
+        for worker in self.workers:
+            if per_instance is None:
+                worker.send(op, args)
+            else:
+                part = per_instance[worker.instances.start : worker.instances.stop]
+                worker.send(op, (part, *args))
+
+        def run(shard: Shard) -> Any:
+            if op == "reset":
+                return shard.reset(self._local_part(per_instance), *args)
+            return shard.each(op, *args)
+
+        return self._with_local(op, run)
+
+    def _local_part(self, per_instance: Any) -> Any:
+        local = self.local
+        return per_instance[local.first : local.first + len(local.envs)]  # type: ignore[union-attr]
+
+    def _with_local(
+        self,
+        op: str,
+        run: Callable[[Shard], Any],
+        decode: Optional[Callable[[workers.Worker, Any], Any]] = None,
+    ) -> List[Any]:
+        """run(local shard) in this thread while the workers run op; every result in shard
+        order. A local failure names its instance, as a worker's does, and raises (before
+        theirs) only once every worker's reply is read, so the pipes stay in step."""
+        if not self.workers:
+            return [run(self.local)]  # type: ignore[arg-type]
+        mine, failure = [], None
+        if self.local is not None:
+            try:
+                mine.append(run(self.local))
+            except Exception as exc:
+                failure = workers.instance_error(self.local, exc, self.local.first)
+                mine.append(None)
+        try:
+            spinner = self._reply_spin if self.local is not None else None
+            theirs = workers.gather(self.workers, op, decode, spinner)
+        except (InstanceError, workers.WorkerError):
+            if failure is None:
+                raise
+            theirs = []
+        if failure is not None:
+            raise failure
+        return mine + theirs
+
+    def reset(self, seeds: Sequence[Optional[int]], options: Optional[dict]) -> Any:
+        if len(seeds) != self.num_envs:
+            raise ValueError(f"got {len(seeds)} seeds for {self.num_envs} envs")
+        results = self._each_shard("reset", list(seeds), options)
+        infos = [info for part in results for info in part[1]]
+        return [self._batch([part[0] for part in results]), infos]
+
+    def step(self, actions: Any) -> Any:
+        # A fast step's batch goes straight to the agent's ring slot (None otherwise).
+        target = self._layout.obs_target() if self._layout is not None else None
+        self.pending.check_idle("step")
+        offset = None
+        if self.workers:
+            if target is not None and self.agent_memory:
+                offset = self._layout.slot * self._layout.capacity  # type: ignore[union-attr]
+            else:
+                target = None  # the workers write the shared batch; the reply copies it
+        results = self._step_shards(actions, offset, target)
+        if len(results) == 1:  # the server thread stepped them all: its arrays are the batch
+            _, rewards, terminations, truncations, infos = results[0]
+        else:
+            rewards, terminations, truncations = (
+                np.concatenate([part[k] for part in results]) for k in (1, 2, 3)
+            )
+            infos = [info for part in results for info in part[4]]
+        obs = target if target is not None else self._batch([part[0] for part in results])
+        return [obs, rewards, terminations, truncations, infos]
+
+    def _step_shards(self, actions: Any, offset: Optional[int], target: Any) -> List[Any]:
+        """Step the workers' shards and, meanwhile, this thread's own (writing to target)."""
+        whole = isinstance(actions, np.ndarray)
+        if whole and len(actions) != self.num_envs:
+            raise ValueError(f"step got {len(actions)} actions for {self.num_envs} envs")
+        per_instance = None if whole else list(iterate(self.action_space, actions))
+        for worker in self.workers:
+            lo, hi = worker.instances.start, worker.instances.stop
+            part = actions[lo:hi] if whole else per_instance[lo:hi]  # type: ignore[index]
+            worker.send("step", (workers.step_actions(part), offset))
+
+        def run(shard: Shard) -> Any:
+            lo, hi = shard.first, shard.first + len(shard.envs)
+            if whole:
+                mine = list(iterate(self._local_actions, actions[lo:hi]))
+            else:
+                mine = per_instance[lo:hi]  # type: ignore[index]
+            return shard.step(mine, None if target is None else target[lo:hi])
+
+        decode = workers.StepReply.decode
+        return self._with_local("step", run, lambda w, reply: decode(reply, w.infos))
+
+    def _gathered(self, op: str, *args: Any) -> tuple:
+        return tuple(value for part in self._each_shard(op, None, *args) for value in part)
+
+    def render(self) -> Any:
+        return self._gathered("render")
+
+    def call(self, name: str, args: Sequence[Any], kwargs: Dict[str, Any]) -> Any:
+        return self._gathered("call", name, args, kwargs)
+
+    def get_attr(self, name: str) -> Any:
+        return self._gathered("get_attr", name)
+
+    def set_attr(self, name: str, values: Sequence[Any]) -> None:
+        if len(values) != self.num_envs:
+            raise ValueError(f"set_attr got {len(values)} values for {self.num_envs} envs")
+        self.pending.check_idle("set_attr")
+        for worker in self.workers:
+            worker.send("set_attr", (name, values[worker.instances.start : worker.instances.stop]))
+        mine = self._local_part(values) if self.local is not None else []
+        self._with_local("set_attr", lambda shard: shard.each("set_attr", name, mine))
+
+    def close(self) -> None:
+        if self.local is not None:
+            self.local.close()
+        for worker in self.workers:
+            worker.close()
+        if self.batch is not None:
+            self.batch.close()
