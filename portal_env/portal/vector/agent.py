@@ -14,7 +14,16 @@ from ..client import DEFAULT_TIMEOUT, Client
 
 
 class PortalVectorEnv(gymnasium.vector.VectorEnv):
-    """N instances of a remote env with gymnasium 1.x next-step autoreset."""
+    """N instances of a remote env with gymnasium 1.x next-step autoreset.
+
+    Attributes:
+        num_workers: The processes the server steps the instances with (0: its
+            connection thread alone), as asked or as its cost model picked
+            (vector.costmodel); None from a server too old to say.
+        sizing: What the server measured to pick the default: the env's step time
+            (``step_s``) and a hand-off to a worker (``handoff_s``), in seconds;
+            empty when num_workers was given.
+    """
 
     def __init__(
         self,
@@ -52,6 +61,8 @@ class PortalVectorEnv(gymnasium.vector.VectorEnv):
         if autoreset_mode is not None:
             self.metadata["autoreset_mode"] = autoreset_mode.NEXT_STEP
         self.render_mode = description["render_mode"]
+        self.num_workers: Optional[int] = description.get("num_workers")
+        self.sizing: Dict[str, float] = dict(description.get("sizing") or {})
         self._client.adopt_layout(
             fastpath.VectorLayout(self.single_observation_space, self.single_action_space, num_envs)
         )

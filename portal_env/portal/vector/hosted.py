@@ -7,8 +7,9 @@ standard library, numpy and gymnasium here.
 
 from __future__ import annotations
 
+import logging
 import os
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
@@ -16,28 +17,40 @@ from gymnasium.vector.utils import batch_space, concatenate, create_empty_array,
 from ...config import spin_us as config_spin_us
 from .. import fastpath
 from ..hosted import EnvFactory, describe
-from . import asyncsteps, batchmem, workers
+from . import asyncsteps, batchmem, costmodel, workers
 from .shard import InstanceError, Shard
 
+logger = logging.getLogger(__name__)
 
-def resolve_workers(num_workers: Optional[int], num_envs: int) -> int:
-    """How many processes of the server step a vector env of num_envs at once.
 
-    0 or 1: the server thread steps every instance. By default one per
-    available core, at most one per instance; the default is checked against
-    the env itself by HostedVectorEnv (pays_off).
-    """
+def check_workers(num_workers: Optional[int], num_envs: int) -> None:
+    """Raise ValueError naming the bad value unless num_envs and num_workers make sense."""
     if not isinstance(num_envs, int) or num_envs < 1:
         raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
     if num_workers is None:
-        count = min(workers.available_cores(), num_envs)
-        return count if count > 1 else 0
+        return
     if not isinstance(num_workers, int) or not 0 <= num_workers <= num_envs:
         raise ValueError(
             f"num_workers must be an integer from 0 (step in the server thread) to "
             f"num_envs={num_envs}, got {num_workers!r}"
         )
-    return num_workers
+
+
+def default_workers(
+    factory: EnvFactory, args: Sequence[Any], kwargs: Dict[str, Any], num_envs: int
+) -> Tuple[int, Dict[str, Any]]:
+    """The processes the cost model picks (0: none but the server thread), and why."""
+    processes, measured = costmodel.default_workers(
+        factory, args, kwargs, num_envs, workers.available_cores()
+    )
+    if measured:
+        logger.info(
+            "make_vec of %d instances: a step takes %.3f ms, a hand-off to a worker %.3f ms: "
+            "%d process%s",
+            num_envs, measured["step_s"] * 1e3, measured["handoff_s"] * 1e3, processes,
+            "es" if processes > 1 else "",
+        )  # fmt: skip
+    return (processes if processes > 1 else 0), measured
 
 
 class HostedVectorEnv:
@@ -62,9 +75,13 @@ class HostedVectorEnv:
         num_workers: Optional[int] = None,
         asynchronous: bool = False,
     ) -> None:
-        count = resolve_workers(num_workers, num_envs)
-        if num_workers is None and count and not workers.pays_off(factory, args, kwargs, num_envs):
-            count = 0  # cheap steps: hand-offs to workers would cost more than they save
+        check_workers(num_workers, num_envs)
+        self.sizing: Dict[str, Any] = {}  # what the default was picked from (costmodel)
+        if num_workers is None:
+            count, self.sizing = default_workers(factory, args, kwargs, num_envs)
+        else:
+            count = num_workers
+        self.num_workers = count
         self.num_envs = num_envs
         self.local: Optional[Shard] = None  # what this thread steps: all, or the first shard
         self.workers: List[workers.Worker] = []
@@ -150,7 +167,7 @@ class HostedVectorEnv:
         self.agent_memory = True
 
     def describe(self) -> Dict[str, Any]:
-        return describe(self.facts)
+        return describe(dict(self.facts, num_workers=self.num_workers, sizing=self.sizing))
 
     def layout(self) -> fastpath.VectorLayout:
         self._layout = fastpath.VectorLayout(

@@ -317,9 +317,13 @@ def make_vec(
         num_workers: Processes stepping each server's instances at once, each a
             contiguous shard: the server's connection thread steps the first and
             num_workers - 1 forked workers the others (all num_workers are forked
-            with batch_size). Default: one per core available to the server, at most
-            its instances, if a probe step of the env says workers pay off, else none;
-            0 or 1 step them all in the server's connection thread, one after another.
+            with batch_size). Default: what the server's cost model picks: with K
+            processes a batch of n steps of t seconds takes about ceil(n/K)*t + h
+            (h: a hand-off to a worker, which the server measures once; t: a throwaway
+            instance's median step), against n*t in the server thread alone; the K up
+            to its cores with the least time if it saves 20 %, else none (see
+            vector.costmodel). 0 or 1 step them all in the server's connection
+            thread, one after another.
         batch_size: One server only: how many instances recv() returns, EnvPool-style
             (send(actions, env_ids) starts steps and returns at once; recv() returns the
             first batch_size to finish, with info["env_id"]).

@@ -78,40 +78,6 @@ def available_cores() -> int:
     return max(1, cores)
 
 
-PAYOFF_S = 0.002  # a batch this slow in one thread gains from workers: a hand-off costs 0.1-0.5 ms
-PROBE_S = 0.05  # the longest the probe steps
-
-
-def pays_off(factory: EnvFactory, args: Sequence[Any], kwargs: Dict[str, Any], n: int) -> bool:
-    """Whether n instances step slowly enough for worker processes to pay off.
-
-    Steps a throwaway instance with random actions for up to PROBE_S (its own
-    RNGs: the real instances are untouched). An env that cannot be probed gets
-    workers, as if it were slow.
-    """
-    try:
-        env = factory(*args, **kwargs)
-    except Exception:
-        return True
-    try:
-        env.reset()
-        env.step(env.action_space.sample())  # the first step may warm caches up
-        steps, start = 0, time.perf_counter()
-        while steps < 3 or (steps < 50 and time.perf_counter() - start < PROBE_S):
-            _, _, terminated, truncated, _ = env.step(env.action_space.sample())
-            if terminated or truncated:
-                env.reset()
-            steps += 1
-        return (time.perf_counter() - start) / steps * n >= PAYOFF_S
-    except Exception:
-        return True
-    finally:
-        try:
-            env.close()
-        except Exception:
-            pass
-
-
 def split(num_envs: int, num_workers: int) -> List[range]:
     """Contiguous index ranges, sizes differing by at most one (the first ones larger)."""
     base, extra = divmod(num_envs, num_workers)
