@@ -1,37 +1,40 @@
 """Vector envs across cores: make_vec with worker processes against gymnasium and EnvPool.
 
-Usage: python benchmarks/vector_scaling.py [--quick] [--plot benchmarks/vector_scaling.png]
-       [--only targets|scaling] [--envpool-python PATH]
+Usage: python benchmarks/vector_scaling.py [--quick] [--repeats R] [--only targets|scaling]
+       [--plot benchmarks/vector_scaling.png] [--envpool-python PATH]
 
 Two tables, each from one run of this script:
 
-1. Targets (issue 13): Pong-v5 x8 and CartPole-v1 x8 as ``SyncVectorEnv``,
-   ``AsyncVectorEnv`` and ``make_vec`` (default workers, and ``num_workers=0``),
-   beside the ceiling: one process per core, each stepping its share of the envs as a
-   ``SyncVectorEnv``, all at once and with no communication (what the cores can give);
-   an agent that spends 1 ms of busy CPU per batch stepping Pong x8 synchronously
-   versus with ``batch_size=4`` (``send``/``recv``), and the same with the agent
-   sleeping 1 ms instead (inference on an accelerator); single envs (CartPole, Pong,
+1. Targets (issue 24; ``--only targets``): Pong-v5 x8 and CartPole-v1 x8 as
+   ``SyncVectorEnv``, ``AsyncVectorEnv`` and ``make_vec`` with its defaults, as a user
+   calls it, beside the tuned rows (``num_workers=2``, ``num_workers=0``) and the
+   ceiling: one process per core, each stepping its share of the envs as a
+   ``SyncVectorEnv``, all at once and with no communication (what the cores can give).
+   HalfCheetah-v5 x8 the same way, to check the default's choice (no target). An agent
+   that sleeps 1 ms per batch (inference off the CPU) stepping Pong x8 synchronously
+   versus with ``batch_size=4`` (``send``/``recv``). Single envs (CartPole, Pong,
    HalfCheetah-v5 when mujoco imports) in-process versus over a Unix socket.
+   It ends with the Markdown table of the targets that the README quotes.
 2. Scaling: Pong-v5 x16 as ``make_vec`` with ``num_workers`` = 0..cores, beside
    ``SyncVectorEnv``, ``AsyncVectorEnv``, the ceiling, and EnvPool's own Pong-v5 x16 (its own
    preprocessing; run by a Python that has envpool, default
    ``~/.cache/portal-env-bench/vec-envpool/bin/python``, else n/a).
 
 How a row is timed: every row is set up first and kept open; then repetitions
-run interleaved (row A, row B, ..., row A, row B, ...), so that a change in the
-machine's load hits every row alike, and the best repetition of each row is
-reported. A repetition is a fixed number of calls, about ``repeat_s`` worth,
-fixed by a warm-up. Beside env-steps/s each row reports the CPU seconds that
-the agent, the server and every worker (all descendants of this script) used
-per 1,000 env-steps, from /proc, over the same repetition. Memory is the summed
+run interleaved (row A, row B, ..., row A, row B, ...), at least 7 of them, so
+that a change in the machine's speed hits every row alike. A repetition is a
+fixed number of calls, about ``repeat_s`` worth, fixed by a warm-up. Each row
+reports the median and the range of its repetitions; each ratio is taken within
+each repetition (row A's k-th against row B's k-th) and reported as the median
+and range of those. This VM's speed moves by +-20 % from minute to minute: the
+in-process Pong speed of every repetition is printed as the machine's speed
+marker. Beside env-steps/s each row reports the CPU seconds that the agent, the
+server and every worker (all descendants of this script) used per 1,000
+env-steps, from /proc, over the same repetitions (median). Memory is the summed
 PSS of the row's env-side processes (server and workers, AsyncVectorEnv's
 workers, EnvPool's process) after its repetitions: the memory the row's envs
-cost, shared pages split fairly.
-
-"always spin" rows use the spin policy from before it checked for a spare core
-(both sides poll up to PORTAL_ENV_SPIN_US whenever frames usually come that fast):
-the CPU column shows what the check saves on a busy machine.
+cost, shared pages split fairly. A row of make_vec defaults also says what the
+server's cost model picked (num_workers, and the step and hand-off it measured).
 
 Servers are this script with ``--serve`` on a Unix socket, one per row, each in
 its own process group and always stopped (SIGTERM, then SIGKILL).
@@ -43,6 +46,7 @@ import argparse
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -57,12 +61,15 @@ ROOT = SCRIPT.parent.parent
 TOKEN = "vector-scaling-token"
 SEED = 0
 PONG, CARTPOLE, CHEETAH = "ALE/Pong-v5", "CartPole-v1", "HalfCheetah-v5"
-BUSY_S = 0.001  # the stand-in for an agent's inference per batch
-BUSY_SYNC = "make_vec step + 1 ms"
+SLEEP_S = 0.001  # an agent's inference per batch, off the CPU (an accelerator)
+DEFAULTS = "make_vec (defaults)"
+SLEEP_SYNC = "make_vec step + 1 ms sleep"
+SLEEP_BATCH = "make_vec batch_size=4 + 1 ms sleep"
 DEFAULT_ENVPOOL_PYTHON = Path.home() / ".cache/portal-env-bench/vec-envpool/bin/python"
 TICKS = os.sysconf("SC_CLK_TCK")
 
 Step = Callable[[], int]  # one call; returns the env-steps it made
+Made = Tuple[Step, List[int], str]  # (step, env-side pids, a note for the table)
 
 
 @dataclass(frozen=True)
@@ -72,22 +79,29 @@ class Plan:
     repeats: int
 
     @classmethod
-    def for_mode(cls, quick: bool) -> Plan:
-        return cls(0.3, 0.4, 3) if quick else cls(1.0, 1.5, 5)
+    def for_mode(cls, quick: bool, repeats: Optional[int] = None) -> Plan:
+        plan = cls(0.3, 0.4, 3) if quick else cls(1.0, 1.5, 7)
+        return plan if repeats is None else cls(plan.warmup_s, plan.repeat_s, repeats)
 
 
 @dataclass
 class Row:
     group: str
     name: str
-    make: Callable[[ExitStack], Tuple[Step, List[int]]]  # (step, env-side pids)
+    make: Callable[[ExitStack], Made]
     step: Optional[Step] = None
     pids: List[int] = field(default_factory=list)
     calls: int = 0
-    best: Optional[Tuple[float, float]] = None  # (env-steps/s, CPU s per 1,000 env-steps)
+    rates: List[float] = field(default_factory=list)  # env-steps/s of each repetition
+    cpus: List[float] = field(default_factory=list)  # CPU s per 1,000 env-steps, each
     memory_mb: Optional[float] = None
     reason: str = ""
+    note: str = ""
     external: Optional[Callable[[Plan], Tuple[float, float, float]]] = None  # EnvPool
+
+    @property
+    def median(self) -> Optional[float]:
+        return statistics.median(self.rates) if self.rates else None
 
 
 # --- /proc accounting --------------------------------------------------------------------
@@ -141,9 +155,7 @@ def pss_mb(pids: List[int]) -> float:
 
 
 @contextmanager
-def server(
-    extra_env: Optional[Dict[str, str]] = None, always_spin: bool = False
-) -> Iterator[Tuple[str, int]]:
+def server(extra_env: Optional[Dict[str, str]] = None) -> Iterator[Tuple[str, int]]:
     """A fresh server on a Unix socket, in its own process group; (address, pid)."""
     with tempfile.TemporaryDirectory() as tmp:
         ready = Path(tmp) / "ready"
@@ -151,8 +163,7 @@ def server(
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
         log = open(Path(tmp) / "log", "w+")
         proc = subprocess.Popen(
-            [sys.executable, str(SCRIPT), "--serve", "--socket", str(Path(tmp) / "s")]
-            + (["--always-spin"] if always_spin else []),
+            [sys.executable, str(SCRIPT), "--serve", "--socket", str(Path(tmp) / "s")],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
@@ -177,17 +188,13 @@ def server(
             log.close()
 
 
-def serve(socket_path: str, always_spin: bool) -> None:
+def serve(socket_path: str) -> None:
     """--serve: gymnasium.make with ALE registered, on socket_path."""
     import ale_py
     import gymnasium
 
     from portal_env import EnvSidePortal
-    from portal_env.portal import spin
     from portal_env.portal.screenbuf import ale_screen_into
-
-    if always_spin:  # the policy before spinning looked for a spare core
-        spin.spare_core = lambda: True
 
     gymnasium.register_envs(ale_py)
 
@@ -200,18 +207,7 @@ def serve(socket_path: str, always_spin: bool) -> None:
 # --- row makers --------------------------------------------------------------------------
 
 
-def _busy(seconds: float) -> None:
-    """The agent's own work per batch: a busy loop (CPU inference); negative: a sleep
-    (inference on an accelerator, which leaves the CPU to the envs)."""
-    if seconds < 0:
-        time.sleep(-seconds)
-        return
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        pass
-
-
-def _vector_step(vec: Any, busy: float = 0.0) -> Step:
+def _vector_step(vec: Any, sleep: float = 0.0) -> Step:
     space = vec.action_space
     space.seed(SEED)
     vec.reset(seed=SEED)
@@ -219,15 +215,15 @@ def _vector_step(vec: Any, busy: float = 0.0) -> Step:
 
     def step() -> int:
         vec.step(space.sample())
-        if busy:
-            _busy(busy)
+        if sleep:
+            time.sleep(sleep)  # the agent's inference, on an accelerator: the CPU is free
         return n
 
     return step
 
 
 def local_vector(env_id: str, n: int, asynchronous: bool) -> Callable:
-    def make(stack: ExitStack) -> Tuple[Step, List[int]]:
+    def make(stack: ExitStack) -> Made:
         import ale_py
         import gymnasium
 
@@ -240,26 +236,41 @@ def local_vector(env_id: str, n: int, asynchronous: bool) -> Callable:
             vec = gymnasium.vector.SyncVectorEnv(fns)
             pids = []
         stack.callback(vec.close)
-        return _vector_step(vec), pids
+        return _vector_step(vec), pids, ""
 
     return make
 
 
-def portal_vector(env_id: str, n: int, busy: float = 0.0, **options: Any) -> Callable:
-    def make(stack: ExitStack) -> Tuple[Step, List[int]]:
+def portal_vector(env_id: str, n: int, sleep: float = 0.0, **options: Any) -> Callable:
+    def make(stack: ExitStack) -> Made:
         from portal_env import make_vec
 
         address, pid = stack.enter_context(server())
         vec = make_vec("bench", n, [env_id], address=address, token=TOKEN, **options)
         stack.callback(vec.close)
         if options.get("batch_size", n) < n:
-            return _async_step(vec, busy), descendants(pid)
-        return _vector_step(vec, busy), descendants(pid)
+            step = _async_step(vec, sleep)
+        else:
+            step = _vector_step(vec, sleep)
+        return step, descendants(pid), _sizing_note(vec, options)
 
     return make
 
 
-def _async_step(vec: Any, busy: float) -> Step:
+def _sizing_note(vec: Any, options: Dict[str, Any]) -> str:
+    """What the server's cost model picked for a row of defaults."""
+    if options.get("num_workers") is not None or getattr(vec, "num_workers", None) is None:
+        return ""
+    sizing = getattr(vec, "sizing", {})
+    if not sizing:
+        return f"num_workers={vec.num_workers}"
+    return (
+        f"num_workers={vec.num_workers} (step {sizing['step_s'] * 1e6:,.0f} us, "
+        f"hand-off {sizing['handoff_s'] * 1e6:,.0f} us)"
+    )
+
+
+def _async_step(vec: Any, sleep: float) -> Step:
     """EnvPool's loop: recv a batch, think, send its actions back."""
     space = vec.single_action_space
     space.seed(SEED)
@@ -269,15 +280,16 @@ def _async_step(vec: Any, busy: float) -> Step:
         _, _, _, _, info = vec.recv()
         ids = info["env_id"]
         actions = [space.sample() for _ in ids]
-        _busy(busy)
+        if sleep:
+            time.sleep(sleep)
         vec.send(actions, ids)
         return len(ids)
 
     return step
 
 
-def single(env_id: str, remote: bool, always_spin: bool = False) -> Callable:
-    def make(stack: ExitStack) -> Tuple[Step, List[int]]:
+def single(env_id: str, remote: bool) -> Callable:
+    def make(stack: ExitStack) -> Made:
         import ale_py
         import gymnasium
 
@@ -285,7 +297,7 @@ def single(env_id: str, remote: bool, always_spin: bool = False) -> Callable:
         if remote:
             from portal_env import AgentSidePortal
 
-            address, pid = stack.enter_context(server(always_spin=always_spin))
+            address, pid = stack.enter_context(server())
             env = AgentSidePortal("bench", [env_id], address=address, token=TOKEN)
             pids = [pid]
         else:
@@ -301,18 +313,7 @@ def single(env_id: str, remote: bool, always_spin: bool = False) -> Callable:
                 env.reset()
             return 1
 
-        if not always_spin:
-            return step, pids
-        from portal_env.portal import spin
-
-        def spinning_step() -> int:
-            adaptive, spin.spare_core = spin.spare_core, lambda: True
-            try:
-                return step()
-            finally:
-                spin.spare_core = adaptive
-
-        return spinning_step, pids
+        return step, pids, ""
 
     return make
 
@@ -386,7 +387,7 @@ def parallel_ceiling(env_id: str, n: int, processes: int) -> Callable:
 
 
 def _ceiling_child(env_id: str, n: int, plan: Plan, start: Any, results: Any) -> None:
-    step, _ = local_vector(env_id, n, False)(ExitStack())
+    step, _, _ = local_vector(env_id, n, False)(ExitStack())
     end = time.perf_counter() + plan.warmup_s
     while time.perf_counter() < end:
         step()
@@ -401,10 +402,10 @@ def _ceiling_child(env_id: str, n: int, plan: Plan, start: Any, results: Any) ->
 
 
 def open_row(row: Row, stack: ExitStack, plan: Plan) -> None:
-    if row.external is not None:
+    if row.external is not None or row.reason:
         return
     try:
-        row.step, row.pids = row.make(stack)
+        row.step, row.pids, row.note = row.make(stack)
         steps, start = 0, time.perf_counter()
         calls = 0
         while time.perf_counter() - start < plan.warmup_s:
@@ -417,16 +418,18 @@ def open_row(row: Row, stack: ExitStack, plan: Plan) -> None:
 
 
 def time_row(row: Row, plan: Plan) -> None:
+    """One repetition of row: its rate and CPU go to row.rates and row.cpus."""
     if row.external is not None:
         try:
             rate, cpu, memory = row.external(plan)
         except (subprocess.SubprocessError, OSError, ValueError, KeyError) as exc:
             row.reason = f"{type(exc).__name__}: {str(exc)[:200]}"
             row.external = None
+            row.rates.clear()
             return
         row.memory_mb = max(row.memory_mb or 0.0, memory)
-        if row.best is None or rate > row.best[0]:
-            row.best = (rate, cpu)
+        row.rates.append(rate)
+        row.cpus.append(cpu)
         return
     if row.step is None:
         return
@@ -436,9 +439,8 @@ def time_row(row: Row, plan: Plan) -> None:
         steps += row.step()
     wall = time.perf_counter() - start
     used = cpu_seconds(everyone) - cpu0
-    rate = steps / wall
-    if row.best is None or rate > row.best[0]:
-        row.best = (rate, used / steps * 1000)
+    row.rates.append(steps / wall)
+    row.cpus.append(used / steps * 1000)
     if row.pids:
         row.memory_mb = max(row.memory_mb or 0.0, pss_mb(descendants_of_all(row.pids)))
 
@@ -463,68 +465,75 @@ def run_rows(rows: List[Row], plan: Plan) -> None:
 
 
 def ceiling_row(group: str, env_id: str, n: int, cores: int) -> Row:
-    row = Row(group, f"ceiling: {cores} processes, no communication", lambda stack: (None, []))
+    row = Row(group, f"ceiling: {cores} processes, no communication", lambda stack: (None, [], ""))
     row.external = parallel_ceiling(env_id, n, cores)
     return row
 
 
 def target_rows(cores: int) -> List[Row]:
-    rows = [
-        ceiling_row("pong8", PONG, 8, cores),
-        Row("pong8", "SyncVectorEnv", local_vector(PONG, 8, False)),
-        Row("pong8", "AsyncVectorEnv", local_vector(PONG, 8, True)),
-        Row("pong8", "make_vec", portal_vector(PONG, 8)),
-        Row("pong8", "make_vec num_workers=0", portal_vector(PONG, 8, num_workers=0)),
-        Row("busy", BUSY_SYNC, portal_vector(PONG, 8, busy=BUSY_S)),
-        Row(
-            "busy",
-            "make_vec batch_size=4 + 1 ms",
-            portal_vector(PONG, 8, busy=BUSY_S, batch_size=4),
-        ),
-        Row("sleep", "make_vec step + 1 ms", portal_vector(PONG, 8, busy=-BUSY_S)),
-        Row(
-            "sleep",
-            "make_vec batch_size=4 + 1 ms",
-            portal_vector(PONG, 8, busy=-BUSY_S, batch_size=4),
-        ),
-        Row("cp8", "SyncVectorEnv", local_vector(CARTPOLE, 8, False)),
-        Row("cp8", "AsyncVectorEnv", local_vector(CARTPOLE, 8, True)),
-        Row("cp8", "make_vec", portal_vector(CARTPOLE, 8)),
-        Row("cp8", "make_vec num_workers=0", portal_vector(CARTPOLE, 8, num_workers=0)),
+    rows = [ceiling_row("pong8", PONG, 8, cores)]
+    for group, env_id in (("pong8", PONG), ("cp8", CARTPOLE), ("cheetah8", CHEETAH)):
+        rows.append(Row(group, "SyncVectorEnv", local_vector(env_id, 8, False)))
+        if group != "cheetah8":  # HalfCheetah x8 only checks the default's choice
+            rows.append(Row(group, "AsyncVectorEnv", local_vector(env_id, 8, True)))
+        rows.append(Row(group, DEFAULTS, portal_vector(env_id, 8)))
+        for k in (0, 2):  # tuned: 2 for Pong, 0 for CartPole
+            name = f"make_vec num_workers={k}"
+            rows.append(Row(group, name, portal_vector(env_id, 8, num_workers=k)))
+    rows += [
+        Row("sleep", SLEEP_SYNC, portal_vector(PONG, 8, sleep=SLEEP_S)),
+        Row("sleep", SLEEP_BATCH, portal_vector(PONG, 8, sleep=SLEEP_S, batch_size=4)),
     ]
-    for env_id, group in ((CARTPOLE, "cp1"), (PONG, "pong1"), (CHEETAH, "cheetah1")):
+    for env_id, group in ((PONG, "pong1"), (CARTPOLE, "cp1"), (CHEETAH, "cheetah1")):
         rows.append(Row(group, "in-process", single(env_id, False)))
         rows.append(Row(group, "portal Unix", single(env_id, True)))
-        rows.append(Row(group, "portal Unix, always spin", single(env_id, True, True)))
     return rows
 
 
-TARGETS = [  # (group, numerator, denominator, at least)
-    ("pong8", "make_vec", "SyncVectorEnv", 1.5),
-    ("pong8", "make_vec", "AsyncVectorEnv", 1.5),
-    ("busy", "make_vec batch_size=4 + 1 ms", BUSY_SYNC, 1.3),
-    ("cp8", "make_vec", "AsyncVectorEnv", 4.0),
-    ("cp8", "make_vec", "SyncVectorEnv", 0.7),
-    ("pong1", "portal Unix", "in-process", 0.90),
-    ("cheetah1", "portal Unix", "in-process", 0.70),
-    ("cp1", "portal Unix", "in-process", 0.25),
+MARKER = ("pong1", "in-process")  # the machine's speed in each repetition
+
+# (label for the README, group, numerator, denominator, at least)
+TARGETS = [
+    ("Pong ×8 `make_vec` defaults / `SyncVectorEnv`", "pong8", DEFAULTS, "SyncVectorEnv", 1.4),
+    ("Pong ×8 `make_vec` defaults / `AsyncVectorEnv`", "pong8", DEFAULTS, "AsyncVectorEnv", 1.4),
+    (
+        "Pong ×8 `batch_size=4` / sync `make_vec`, agent sleeping 1 ms per batch",
+        "sleep",
+        SLEEP_BATCH,
+        SLEEP_SYNC,
+        1.3,
+    ),
+    ("CartPole ×8 `make_vec` defaults / `SyncVectorEnv`", "cp8", DEFAULTS, "SyncVectorEnv", 0.75),
+    ("CartPole ×8 `make_vec` defaults / `AsyncVectorEnv`", "cp8", DEFAULTS, "AsyncVectorEnv", 4.0),
+    ("single env Pong, Unix socket / in-process", "pong1", "portal Unix", "in-process", 0.90),
+    (
+        "single env HalfCheetah, Unix socket / in-process",
+        "cheetah1",
+        "portal Unix",
+        "in-process",
+        0.70,
+    ),
+    ("single env CartPole, Unix socket / in-process", "cp1", "portal Unix", "in-process", 0.25),
 ]
 
 COMPARISONS = [  # informational ratios, no target
-    ("pong8", "make_vec", "ceiling: {cores} processes, no communication"),
-    ("sleep", "make_vec batch_size=4 + 1 ms", "make_vec step + 1 ms"),
+    ("pong8", DEFAULTS, "ceiling: {cores} processes, no communication"),
+    ("pong8", "make_vec num_workers=2", "SyncVectorEnv"),
     ("pong8", "make_vec num_workers=0", "SyncVectorEnv"),
     ("cp8", "make_vec num_workers=0", "SyncVectorEnv"),
-    ("cp8", "make_vec num_workers=0", "AsyncVectorEnv"),
+    ("cp8", "make_vec num_workers=2", "SyncVectorEnv"),
+    ("cheetah8", DEFAULTS, "SyncVectorEnv"),
+    ("cheetah8", "make_vec num_workers=0", "SyncVectorEnv"),
+    ("cheetah8", "make_vec num_workers=2", "SyncVectorEnv"),
 ]
 
 TITLES = {
     "pong8": "ALE/Pong-v5 x8",
-    "busy": "ALE/Pong-v5 x8, agent busy 1 ms per batch",
-    "sleep": "ALE/Pong-v5 x8, agent sleeps 1 ms per batch (inference off the CPU)",
     "cp8": "CartPole-v1 x8",
-    "cp1": "CartPole-v1, 1 env",
+    "cheetah8": "HalfCheetah-v5 x8 (does the default pick right?)",
+    "sleep": "ALE/Pong-v5 x8, agent sleeps 1 ms per batch (inference off the CPU)",
     "pong1": "ALE/Pong-v5, 1 env",
+    "cp1": "CartPole-v1, 1 env",
     "cheetah1": "HalfCheetah-v5, 1 env",
     "scale": "ALE/Pong-v5 x16: scaling with num_workers",
 }
@@ -540,7 +549,7 @@ def scaling_rows(cores: int, envpool_python: Optional[Path]) -> List[Row]:
             Row("scale", f"make_vec num_workers={k}", portal_vector(PONG, 16, num_workers=k))
         )
     rows.append(ceiling_row("scale", PONG, 16, cores))
-    envpool = Row("scale", "EnvPool Pong-v5 (own preprocessing)", lambda stack: (None, []))
+    envpool = Row("scale", "EnvPool Pong-v5 (own preprocessing)", lambda stack: (None, [], ""))
     if envpool_python is not None and envpool_python.exists():
         envpool.external = envpool_row(16, envpool_python)
     else:
@@ -549,11 +558,32 @@ def scaling_rows(cores: int, envpool_python: Optional[Path]) -> List[Row]:
     return rows
 
 
-def value(rows: List[Row], group: str, name: str) -> Optional[float]:
+def find(rows: List[Row], group: str, name: str) -> Optional[Row]:
     for row in rows:
-        if row.group == group and row.name == name and row.best:
-            return row.best[0]
+        if row.group == group and row.name == name and row.rates:
+            return row
     return None
+
+
+def value(rows: List[Row], group: str, name: str) -> Optional[float]:
+    """The row's median env-steps/s, None if it did not run."""
+    row = find(rows, group, name)
+    return row.median if row else None
+
+
+def ratios(rows: List[Row], group: str, num: str, den: str) -> List[float]:
+    """num / den within each repetition in which both ran."""
+    a, b = find(rows, group, num), find(rows, group, den)
+    if a is None or b is None:
+        return []
+    return [x / y for x, y in zip(a.rates, b.rates)]
+
+
+def spread(values: List[float], fmt: str = "{:.2f}") -> Tuple[str, str]:
+    """(median, "low-high") of values, formatted."""
+    return fmt.format(
+        statistics.median(values)
+    ), f"{fmt.format(min(values))}–{fmt.format(max(values))}"
 
 
 def format_rows(rows: List[Row]) -> str:
@@ -563,50 +593,74 @@ def format_rows(rows: List[Row]) -> str:
             group = row.group
             lines.append(f"\n{TITLES[group]}")
             lines.append(
-                f"  {'variant':38} {'env-steps/s':>12} {'CPU s/1k steps':>15} {'PSS MB':>8}"
+                f"  {'variant':40} {'env-steps/s':>11} {'range':>17} {'CPU s/1k':>9} {'PSS MB':>7}"
             )
-        if row.best is None:
-            lines.append(f"  {row.name:38} {'n/a':>12}   {row.reason}")
+        if not row.rates:
+            lines.append(f"  {row.name:40} {'n/a':>11}   {row.reason}")
             continue
         memory = f"{row.memory_mb:,.0f}" if row.memory_mb else "-"
-        lines.append(f"  {row.name:38} {row.best[0]:>12,.0f} {row.best[1]:>15.3f} {memory:>8}")
+        low, high = min(row.rates), max(row.rates)
+        lines.append(
+            f"  {row.name:40} {row.median:>11,.0f} {f'{low:,.0f}–{high:,.0f}':>17} "
+            f"{statistics.median(row.cpus):>9.3f} {memory:>7}"
+            + (f"  {row.note}" if row.note else "")
+        )
     return "\n".join(lines)
 
 
-def format_targets(rows: List[Row], cores: int) -> str:
-    lines = ["\nTargets (best of interleaved repetitions, ratios from this run)"]
-    for group, num, den, bound in TARGETS:
-        a, b = value(rows, group, num), value(rows, group, den)
-        label = f"{TITLES[group]}: {num} / {den}"
-        if a is None or b is None:
-            lines.append(f"  {label:70} n/a")
+def format_marker(rows: List[Row]) -> str:
+    row = find(rows, *MARKER)
+    if row is None:
+        return "machine speed marker (in-process Pong): n/a"
+    each = ", ".join(f"{rate:,.0f}" for rate in row.rates)
+    median, span = spread(row.rates, "{:,.0f}")
+    return (
+        f"machine speed marker, in-process ALE/Pong-v5 steps/s: median {median}, range {span} "
+        f"(each repetition: {each})"
+    )
+
+
+def format_targets(rows: List[Row], cores: int, plan: Plan) -> str:
+    lines = [
+        f"\nTargets: median and range of the ratio within each of {plan.repeats} interleaved "
+        "repetitions"
+    ]
+    for label, group, num, den, goal in TARGETS:
+        values = ratios(rows, group, num, den)
+        if not values:
+            lines.append(f"  {label:74} n/a")
             continue
-        verdict = "PASS" if a / b >= bound else "MISS"
-        lines.append(f"  {label:70} {a / b:5.2f}  (target >= {bound:g}) {verdict}")
-    lines.append(busy_bound(rows, cores))
-    lines.append("Comparisons (no target)")
+        median, span = spread(values)
+        verdict = "met" if statistics.median(values) >= goal else "MISSED"
+        lines.append(f"  {label:74} {median:>5} ({span})  goal >= {goal:g}  {verdict}")
+    lines.append("Comparisons (no goal)")
     for group, num, den in COMPARISONS:
         den = den.format(cores=cores)
-        a, b = value(rows, group, num), value(rows, group, den)
-        ratio = f"{a / b:5.2f}" if a and b else "  n/a"
-        lines.append(f"  {TITLES[group] + ': ' + num + ' / ' + den:70} {ratio}")
+        values = ratios(rows, group, num, den)
+        median, span = spread(values) if values else ("n/a", "")
+        lines.append(
+            f"  {TITLES[group].split(' (')[0] + ': ' + num + ' / ' + den:74} {median:>5} ({span})"
+        )
     return "\n".join(lines)
 
 
-def busy_bound(rows: List[Row], cores: int) -> str:
-    """The most batch_size=4 can give over the synchronous loop on these cores, whatever
-    the scheduling: every core busy all the time with the agent's 1 ms per batch of 4 and the
-    envs' own steps (CPU per step from SyncVectorEnv), and never faster than the agent's
-    one batch per 1 ms."""
-    sync, stepped = value(rows, "pong8", "SyncVectorEnv"), value(rows, "busy", BUSY_SYNC)
-    if not (sync and stepped):
-        return "  bound for the busy-agent target: n/a"
-    batch = 4
-    best = min(cores / (BUSY_S / batch + 1 / sync), batch / BUSY_S)
-    return (
-        f"  bound for the busy-agent target on {cores} cores, with no overhead at all: "
-        f"{best:,.0f} env-steps/s, {best / stepped:.2f}x the synchronous loop"
-    )
+def markdown_targets(rows: List[Row], plan: Plan, load: Tuple[float, float]) -> str:
+    """The targets as the README's Markdown table."""
+    marker = find(rows, *MARKER)
+    speed = spread(marker.rates, "{:,.0f}") if marker else ("n/a", "n/a")
+    lines = [
+        f"\nREADME table ({time.strftime('%Y-%m-%d', time.gmtime())}, {plan.repeats} interleaved "
+        f"repetitions, load average {load[0]:.2f} before and {load[1]:.2f} after; in-process Pong "
+        f"{speed[0]} steps/s, range {speed[1]}):",
+        "",
+        f"| measure | median | range over {plan.repeats} repetitions | goal |",
+        "| --- | --- | --- | --- |",
+    ]
+    for label, group, num, den, goal in TARGETS:
+        values = ratios(rows, group, num, den)
+        median, span = spread(values) if values else ("n/a", "n/a")
+        lines.append(f"| {label} | {median} | {span} | ≥ {goal:g} |")
+    return "\n".join(lines)
 
 
 def plot(rows: List[Row], path: Path, cores: int, load: Tuple[float, float]) -> None:
@@ -617,9 +671,12 @@ def plot(rows: List[Row], path: Path, cores: int, load: Tuple[float, float]) -> 
 
     scale = [r for r in rows if r.group == "scale"]
     ks = list(range(0, cores + 1))
-    ys = [value(scale, "scale", f"make_vec num_workers={k}") for k in ks]
+    found = [find(scale, "scale", f"make_vec num_workers={k}") for k in ks]
+    ys = [row.median if row else 0.0 for row in found]
+    low = [y - min(row.rates) if row else 0.0 for y, row in zip(ys, found)]
+    high = [max(row.rates) - y if row else 0.0 for y, row in zip(ys, found)]
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    ax.plot(ks, [y or 0 for y in ys], "o-", label="make_vec (num_workers=k)")
+    ax.errorbar(ks, ys, yerr=[low, high], fmt="o-", capsize=3, label="make_vec (num_workers=k)")
     styles = {
         "SyncVectorEnv": (":", "gray"),
         "AsyncVectorEnv": ("--", "tab:orange"),
@@ -635,7 +692,7 @@ def plot(rows: List[Row], path: Path, cores: int, load: Tuple[float, float]) -> 
     ax.set_ylabel("env-steps/s")
     ax.set_ylim(bottom=0)
     ax.set_title(
-        f"ALE/Pong-v5 x16 on {cores} cores, best of interleaved repetitions\n"
+        f"ALE/Pong-v5 x16 on {cores} cores, median and range of interleaved repetitions\n"
         f"(1-min load average {load[0]:.1f} before, {load[1]:.1f} after)",
         fontsize=10,
     )
@@ -648,36 +705,36 @@ def plot(rows: List[Row], path: Path, cores: int, load: Tuple[float, float]) -> 
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer, shorter repetitions")
+    parser.add_argument("--repeats", type=int, help="interleaved repetitions (default 7)")
     parser.add_argument("--plot", type=Path, help="write the scaling plot (PNG) here")
     parser.add_argument("--only", choices=["targets", "scaling"], help="one table only")
     parser.add_argument("--envpool-python", type=Path, default=DEFAULT_ENVPOOL_PYTHON)
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--socket", help=argparse.SUPPRESS)
-    parser.add_argument("--always-spin", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
-        serve(args.socket, args.always_spin)
+        serve(args.socket)
         return
     from portal_env.portal.vector.workers import available_cores
 
-    plan, cores = Plan.for_mode(args.quick), available_cores()
-    print(
-        f"vector scaling ({'quick' if args.quick else 'full'}: best of {plan.repeats} interleaved "
-        f"repetitions of ~{plan.repeat_s:g}s; Python {sys.version.split()[0]}, {cores} cores; "
-        f"load average before: {os.getloadavg()[0]:.2f})"
-    )
-    rows: List[Row] = []
+    plan, cores = Plan.for_mode(args.quick, args.repeats), available_cores()
     load_before = os.getloadavg()[0]
+    print(
+        f"vector scaling ({'quick' if args.quick else 'full'}: {plan.repeats} interleaved "
+        f"repetitions of ~{plan.repeat_s:g}s, median and range; Python {sys.version.split()[0]}, "
+        f"{cores} cores; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+        f"load average before: {load_before:.2f})"
+    )
     if args.only != "scaling":
         targets = target_rows(cores)
         run_rows(targets, plan)
-        rows += targets
         print(format_rows(targets))
-        print(format_targets(targets, cores))
+        print("\n" + format_marker(targets))
+        print(format_targets(targets, cores, plan))
+        print(markdown_targets(targets, plan, (load_before, os.getloadavg()[0])))
     if args.only != "targets":
         scale = scaling_rows(cores, args.envpool_python)
         run_rows(scale, plan)
-        rows += scale
         print(format_rows(scale))
         if args.plot:
             plot(scale, args.plot, cores, (load_before, os.getloadavg()[0]))
