@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from portal_env import RemoteEnvError, make_vec
+from tests.conftest import wait_gone
 from tests.test_agent import assert_identical
 from tests.test_vector import local_vec, vec_trajectory
+from tests.test_workers import child_pids
 
 
 def per_instance_actions(vec, num_envs, steps, seed):
@@ -109,15 +111,27 @@ def test_misuse_is_reported_with_the_value_at_fault(server):
     vec = make_vec("custom", 3, ["CartPole-v1"], num_workers=3, batch_size=2, **server.kwargs())
     vec.async_reset(seed=0)
     first = vec.recv()[4]["env_id"]
-    with pytest.raises(RemoteEnvError, match="'step' while instances \\[.\\] were sent"):
-        vec.step(np.zeros(3, np.int64))
-    vec.send(np.zeros(1, np.int64), [7])
-    with pytest.raises(RemoteEnvError, match="env_id 7 is out of range for 3 envs"):
-        vec.recv()
-    # the failed send's recv took nothing: the instance still in flight comes back next
+    flying = int(({0, 1, 2} - set(first.tolist())).pop())
+    with pytest.raises(RuntimeError, match="'step' while instances \\[.\\] were sent"):
+        vec.step(np.zeros(3, np.int64))  # the agent knows, and says so before asking
+    with pytest.raises(RuntimeError, match="'async_reset' while instances"):
+        vec.async_reset()
+    with pytest.raises(ValueError, match="env_id 7 is out of range for 3 envs"):
+        vec.send(np.zeros(1, np.int64), [7])
+    with pytest.raises(ValueError, match=f"env_id {flying} was sent an action already"):
+        vec.send(np.zeros(1, np.int64), [flying])
+    with pytest.raises(ValueError, match="env_ids \\[0, 0\\] name an instance twice"):
+        vec.send(np.zeros(2, np.int64), [0, 0])
+    with pytest.raises(ValueError, match="send got 2 actions for 1 env_ids"):
+        vec.send(np.zeros(2, np.int64), first[:1])
+    # none of those was sent: the instance in flight comes back with the one sent now
     vec.send(np.zeros(1, np.int64), first[:1])
     again = vec.recv()[4]["env_id"]
-    assert sorted(again.tolist()) == sorted(set(range(3)) - {int(first[1])})
+    assert sorted(again.tolist()) == sorted({int(first[0]), flying})
+    # the server checks too (an agent of its own making): its error raises from the recv
+    vec._client.post("send", [7], [0])
+    with pytest.raises(RemoteEnvError, match="env_id 7 is out of range for 3 envs"):
+        vec._client.call_next("recv", 2, 0)
     with pytest.raises(ValueError, match="batch_size must be from 1 to num_envs=3, got 4"):
         make_vec("custom", 3, ["CartPole-v1"], batch_size=4, **server.kwargs())
     vec.close()
@@ -169,3 +183,58 @@ def test_step_async_and_step_wait_equal_step(server, num_workers):
 
     assert_identical(overlapped(remote, 2, 20), vec_trajectory(local, 2, 20))
     remote.close()
+
+
+def test_recv_batches_are_read_only_views_that_never_change_while_kept(server, monkeypatch):
+    vec = make_vec("custom", 4, ["ALE/Pong-v5"], num_workers=2, batch_size=2, **server.kwargs())
+    vec.async_reset(seed=0)
+    for _ in range(6):  # nothing kept: every batch is a view of a ring slot
+        obs, _, _, _, info = vec.recv()
+        assert obs.shape == (2, 210, 160, 3) and not obs.flags.writeable
+        vec.send(np.zeros(2, np.int64), info["env_id"])
+    kept = []
+    for _ in range(8):  # more than the ring's slots: later batches come as copies
+        obs, _, _, _, info = vec.recv()
+        kept.append((obs, obs.copy()))
+        vec.send(np.zeros(2, np.int64), info["env_id"])
+    assert all(np.array_equal(view, copy) for view, copy in kept)
+    assert any(not view.flags.writeable for view, _ in kept)
+    assert kept[-1][0].flags.writeable  # every slot was held: the agent's own copy
+    vec.close()
+    monkeypatch.setenv("PORTAL_ENV_OBS_RING", "0")  # writable copies, as before rings
+    vec = make_vec("custom", 2, ["ALE/Pong-v5"], num_workers=2, batch_size=1, **server.kwargs())
+    vec.async_reset(seed=0)
+    assert vec.recv()[0].flags.writeable
+    vec.close()
+
+
+def test_the_next_recv_is_posted_ahead_and_close_still_ends_cleanly(server):
+    vec = make_vec(
+        "custom", 6, ["PortalTest/Slow-v0"], num_workers=2, batch_size=2, **server.kwargs()
+    )
+    vec.async_reset(seed=0)
+    ids = vec.recv()[4]["env_id"]
+    assert vec._ahead  # 4 in flight: the next batch was asked for before this one returned
+    with pytest.raises(RuntimeError, match="'call' while instances"):
+        vec.call("pid")
+    vec.send(np.zeros(2, np.int64), ids)
+    seen = set()
+    for _ in range(9):
+        ids = vec.recv()[4]["env_id"]
+        seen.update(ids.tolist())
+        vec.send(np.zeros(2, np.int64), ids)
+    assert seen == set(range(6))
+    workers = child_pids(server.proc.pid)
+    assert len(workers) == 2
+    vec.close()  # with a recv posted ahead and instances in flight
+    assert all(wait_gone(pid, 10) for pid in workers)
+
+
+def test_a_recv_into_a_ring_slot_that_does_not_exist_is_refused(server):
+    vec = make_vec("custom", 2, ["ALE/Pong-v5"], num_workers=2, batch_size=1, **server.kwargs())
+    vec.async_reset(seed=0)
+    with pytest.raises(RemoteEnvError, match="recv into ring slot 9 of 4"):
+        vec._client.call_next("recv", 1, 9)
+    got = {int(vec._client.call_next("recv", 1, 0)[5][0]) for _ in range(2)}
+    assert got == {0, 1}  # the refused recv took nothing
+    vec.close()

@@ -656,15 +656,18 @@ class _BigObsEnv(gymnasium.Env):
         (["make_vec", 2, [], {}], False),
         (["make_vec", 2, [], {}, 1], False),
         (["make_vec", 2, []], True),
-        (["make_vec", 2, [], {}, 1, 1], True),
+        (["make_vec", 2, [], {}, 1, 1, 1], True),
         (["make_vec", 2, [], {}, "1"], True),
-        (["make_vec", 2, [], {}, None, True], False),  # asynchronous, the server picks
+        (["make_vec", 2, [], {}, None, 1], False),  # batch_size 1, the server picks workers
+        (["make_vec", 2, [], {}, None, True], False),  # an agent before batch sizes were sent
         (["make_vec", 2, [], {}, 1, "yes"], True),
         (["async_reset", [None], None], False),
         (["async_reset", [None]], True),
         (["send", [0], [1]], False),
         (["send", 0, [1]], True),
         (["recv", 1], False),
+        (["recv", 1, 0], False),  # into ring slot 0: none
+        (["recv", 1, "0"], True),
         (["recv"], True),
         (["recv", "1"], True),
         (["share_memory", "/dev/shm/agent-named", 1 << 20], True),  # no path from the agent

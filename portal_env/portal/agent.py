@@ -18,19 +18,19 @@ def make_remote(
     env_kwargs: Dict[str, Any],
     num_envs: Optional[int] = None,
     num_workers: Optional[int] = None,
-    asynchronous: bool = False,
+    batch_size: Optional[int] = None,
 ) -> Dict[str, Any]:
     """Make the env on the server ("make", or "make_vec" given num_envs); a factory that
     rejects the arguments is reported with what the agent passed and what to pass instead.
 
-    asynchronous: the vector env will be stepped EnvPool-style (send/recv).
+    batch_size: below num_envs, the vector env is stepped EnvPool-style (send/recv).
     """
     if num_envs is None:
         op, args = "make", [env_args, env_kwargs]
-    else:  # num_workers None: the server picks (its cores)
+    else:  # num_workers None: the server picks (its cost model)
         op, args = "make_vec", [num_envs, env_args, env_kwargs]
-        if asynchronous:
-            args += [num_workers, True]
+        if batch_size is not None and batch_size < num_envs:
+            args += [num_workers, batch_size]
         elif num_workers is not None:
             args += [num_workers]
     try:

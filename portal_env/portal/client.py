@@ -146,6 +146,27 @@ class Client:
             raise
         return self._guarded(op, lambda: self._unwrap(op, self._channel.recv()))
 
+    def take_posted(self, op: str) -> Any:
+        """The reply to the first posted op; replies to requests posted before it are read
+        first, and the first error among them raises once op's reply is read too."""
+        failure: Optional[BaseException] = None
+        while self._posted:
+            first = self._posted.pop(0)
+            try:
+                result = self._guarded(
+                    first, lambda op=first: self._unwrap(op, self._channel.recv())
+                )
+            except RemoteEnvError as exc:
+                if first == op and failure is None:
+                    raise
+                failure = failure or exc
+                continue
+            if first == op:
+                if failure is not None:
+                    raise failure
+                return result
+        raise RuntimeError(f"no posted {op!r} request to take the reply of")
+
     def collect(self) -> None:
         """Read the replies to posted requests; raise the first error among them."""
         posted, self._posted = self._posted, []

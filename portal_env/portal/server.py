@@ -21,7 +21,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
 
 from .. import config
 from ..errors import EncodeError, PortalConnectionError, PortalEnvError, ProtocolError
@@ -53,7 +53,8 @@ _VEC_OPS = ("async_reset", "send", "recv")
 _OP_ARGS: Dict[str, Tuple[type, ...]] = {
     "ping": (),
     "make": (list, dict),
-    "make_vec": (int, list, dict, (int, type(None)), bool),  # num_workers, asynchronous
+    # num_workers; batch_size (send/recv below num_envs; a bool from agents before 0.11)
+    "make_vec": (int, list, dict, (int, type(None)), (int, bool, type(None))),
     "share_memory": (int,),
     "share_memory_ready": (bool,),
     "close": (),
@@ -66,9 +67,9 @@ _OP_ARGS: Dict[str, Tuple[type, ...]] = {
     # A vector env's EnvPool-style async stepping (HostedVectorEnv.extra_ops).
     "async_reset": (list, object),
     "send": (list, object),
-    "recv": (int,),
+    "recv": (int, int),  # batch size; the agent's ring slot for its observations (0: none)
 }
-_OPTIONAL = {"make_vec": 2}  # how many trailing arguments a request may leave out
+_OPTIONAL = {"make_vec": 2, "recv": 1}  # how many trailing arguments a request may leave out
 _KWARGS_AT = {"make": 1, "make_vec": 2, "call": 2}  # where a **kwargs dict is
 
 
@@ -113,6 +114,8 @@ class Session:
         self.layout: Any = None
         self.finished = False
         self._offered: Any = None  # (path, mapping, ring slots) offered, not yet answered
+        self._ahead: Any = None  # the agent's next frame, read early by meanwhile()
+        self._deferred: List[List[Any]] = []  # replies to requests run early, sent after
         self._ops: dict = {
             "ping": lambda: "pong",
             "make": self.make,
@@ -151,7 +154,41 @@ class Session:
         self.layout = hosted.layout()
         if self.channel is not None:
             self.layout.allow_pickle(self.channel.allow_pickle)
+            listen = getattr(getattr(hosted, "pending", None), "listen", None)
+            if listen is not None:  # a vector env's recv reads sends while it waits
+                listen(self.channel.sock, self.channel.buffered, self.meanwhile)
         return hosted.describe()
+
+    def meanwhile(self) -> bool:
+        """Read the agent's next request while a vector env's recv waits for its workers.
+
+        A send runs at once, so that instances sent meanwhile can finish first; its
+        reply goes after recv's. Anything else waits its turn (next_frame). True if
+        the next request may be read too.
+        """
+        try:
+            kind, payload = self.channel.recv_frame()  # type: ignore[union-attr]
+            request = self.channel.decode(payload) if kind == wire.GENERAL else None  # type: ignore[union-attr]
+        except Exception as exc:  # the request loop raises it in its turn
+            self._ahead = (exc, None, None)
+            return False
+        if kind == wire.GENERAL and type(request) is list and request[:1] == ["send"]:
+            self._deferred.append(self.handle(request))
+            return True
+        self._ahead = (kind, payload, request)
+        return False
+
+    def next_frame(self) -> Optional[Tuple[int, Any, Any]]:
+        """The frame meanwhile() read ahead as (kind, payload, decoded request), if any."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and isinstance(ahead[0], Exception):
+            raise ahead[0]
+        return ahead
+
+    def deferred(self) -> List[List[Any]]:
+        """Replies to requests meanwhile() ran, to send after the current reply."""
+        replies, self._deferred = self._deferred, []
+        return replies
 
     def share_memory(self, size: int) -> Optional[str]:
         """Offer a new mapping for observations: its path, or None if none is useful here.
@@ -227,11 +264,15 @@ class Session:
         args: List[Any],
         kwargs: dict,
         num_workers: Optional[int] = None,
-        asynchronous: bool = False,
+        batch_size: Union[int, bool, None] = None,
     ) -> dict:
         self._drop()
+        if batch_size is True:  # an older agent: send/recv, its batch size unsaid
+            batch_size = max(num_envs - 1, 1)
+        elif batch_size is False:
+            batch_size = None
         return self._host(
-            HostedVectorEnv(self.factory, num_envs, args, kwargs, num_workers, asynchronous)
+            HostedVectorEnv(self.factory, num_envs, args, kwargs, num_workers, batch_size)
         )
 
     def handle(self, request: Any) -> List[Any]:
@@ -536,14 +577,16 @@ class EnvSidePortal:
     def _request_loop(self, channel: wire.Channel, session: Session, peer: str) -> None:
         while not session.finished:
             try:
-                kind, payload = channel.recv_frame()
+                kind, payload, request = session.next_frame() or (*channel.recv_frame(), None)
                 if kind == wire.FAST_STEP:
                     self._fast_step(channel, session, payload)
                     continue
                 if kind != wire.GENERAL:
                     raise ProtocolError(f"unexpected frame kind {kind}")
-                reply = session.handle(channel.decode(payload))
+                reply = session.handle(channel.decode(payload) if request is None else request)
                 self._reply(channel, reply)
+                for later in session.deferred():  # requests run while this one waited
+                    self._reply(channel, later)
             except wire.PeerTimeout:
                 logger.info(
                     "closed the connection of %s: idle for %g s (idle_timeout)",

@@ -381,6 +381,10 @@ class Channel:
         """Decode the payload of a general frame."""
         return self._decoder.decode(payload, self.shm)
 
+    def buffered(self) -> bool:
+        """Whether bytes of the next frame were read already (select() cannot see them)."""
+        return self._hi > self._lo
+
     def recv_frame(self) -> Tuple[int, bytearray]:
         """Receive one frame: (kind, payload). Oversized frames raise ProtocolError."""
         if self._hi - self._lo < _HEADER.size:

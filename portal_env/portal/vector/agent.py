@@ -11,6 +11,7 @@ from gymnasium.vector.utils import batch_space
 from .. import fastpath, spaces
 from ..agent import make_remote
 from ..client import DEFAULT_TIMEOUT, Client
+from .flight import Flight
 
 
 class PortalVectorEnv(gymnasium.vector.VectorEnv):
@@ -46,11 +47,13 @@ class PortalVectorEnv(gymnasium.vector.VectorEnv):
                 f"batch_size must be from 1 to num_envs={num_envs}, got {batch_size!r}"
             )
         self._all_ids = list(range(num_envs))
+        self._flight = Flight(num_envs)
+        self._ahead = False  # a recv is posted whose reply is not read yet
         self._client = Client.for_env(env_name, address, token, agent_in_docker, timeout)
         args, kwargs = list(env_args or []), dict(env_kwargs or {})
         # num_workers None: the server picks (its cores, if the env is slow enough)
         description = make_remote(
-            self._client, env_name, args, kwargs, num_envs, num_workers, self.batch_size < num_envs
+            self._client, env_name, args, kwargs, num_envs, num_workers, self.batch_size
         )
         self.single_observation_space = spaces.decode_space(description["observation_space"])
         self.single_action_space = spaces.decode_space(description["action_space"])
@@ -73,6 +76,7 @@ class PortalVectorEnv(gymnasium.vector.VectorEnv):
         seed: Optional[Union[int, List[Optional[int]]]] = None,
         options: Optional[Dict[str, Any]] = None,
     ) -> Tuple[Any, Dict[str, Any]]:
+        self._flight.check_idle("reset")
         obs, infos = self._client.call("reset", self._seeds(seed), options)
         return obs, self._merge(infos)
 
@@ -87,12 +91,15 @@ class PortalVectorEnv(gymnasium.vector.VectorEnv):
         return seeds
 
     def step(self, actions: Any) -> Tuple[Any, Any, Any, Any, Dict[str, Any]]:
+        if self._flight.count:
+            self._flight.check_idle("step")
         obs, rewards, terminations, truncations, infos = self._client.step(actions)
         return obs, rewards, terminations, truncations, self._merge(infos)
 
     def step_async(self, actions: Any) -> None:
         """Start a step of every instance; step_wait() returns it. Work done in between
         (e.g. the agent's inference) overlaps the envs' steps."""
+        self._flight.check_idle("step_async")
         self._client.step_send(actions)
 
     def step_wait(self) -> Tuple[Any, Any, Any, Any, Dict[str, Any]]:
@@ -109,23 +116,55 @@ class PortalVectorEnv(gymnasium.vector.VectorEnv):
         options: Optional[Dict[str, Any]] = None,
     ) -> None:
         """Reset every instance without waiting; recv() returns them as they finish."""
+        self._flight.check_idle("async_reset")
         self._client.post("async_reset", self._seeds(seed), options)
+        self._flight.reset_all()
 
     def send(self, actions: Any, env_ids: Optional[Sequence[int]] = None) -> None:
         """Step the instances env_ids (default: all) with actions[k] for env_ids[k];
-        returns at once. Errors (a bad id, an env's exception) raise from the next recv()."""
+        returns at once. A bad id raises ValueError here; an env's exception raises from
+        a later recv()."""
         ids = self._all_ids if env_ids is None else [int(i) for i in env_ids]
+        self._flight.claim(ids, actions)
         self._client.post("send", ids, actions)
 
     def recv(self) -> Tuple[Any, Any, Any, Any, Dict[str, Any]]:
         """The first batch_size instances to finish: obs, rewards, terminations,
-        truncations and infos batched along the first axis, info["env_id"] their ids."""
-        obs, rewards, terminations, truncations, infos, ids = self._client.call_next(
-            "recv", self.batch_size
-        )
+        truncations and infos batched along the first axis, info["env_id"] their ids.
+
+        Observations of a fixed-size array space come as a read-only view of a ring
+        slot of shared memory on the same host (see "What an agent may keep").
+        """
+        try:
+            if self._ahead:  # posted by the last recv(); the server may have sent it already
+                self._ahead = False
+                reply = self._client.take_posted("recv")
+            else:
+                reply = self._client.call_next("recv", self.batch_size, self._free_slot())
+        except Exception:
+            self._flight.lost()
+            raise
+        obs, rewards, terminations, truncations, infos, ids = reply
+        if type(obs) is int:  # the server wrote the batch into the ring slot we named
+            obs = self._ring_view(obs, len(ids))
+        self._flight.received(ids.tolist())
+        if self._flight.can_post_ahead(self.batch_size):
+            self._client.post("recv", self.batch_size, self._free_slot())
+            self._ahead = True
         merged = self._merge(infos, len(ids))
         merged["env_id"] = ids
         return obs, rewards, terminations, truncations, merged
+
+    def _free_slot(self) -> int:
+        """A ring slot for a recv() batch's observations (obsring); 0: none, copy."""
+        layout = self._client.layout
+        return layout.ring.free_slot() if layout is not None and layout.ring is not None else 0
+
+    def _ring_view(self, slot: int, rows: int) -> np.ndarray:
+        layout = self._client.layout
+        per_row = layout.obs.count // self.num_envs
+        shape = (rows,) + layout.obs.shape[1:]
+        return layout.ring.view(slot, layout.obs.dtype, rows * per_row, shape)
 
     def _merge(self, infos: List[Dict[str, Any]], rows: Optional[int] = None) -> Dict[str, Any]:
         merged = merge_scalar_infos(infos)
@@ -139,12 +178,15 @@ class PortalVectorEnv(gymnasium.vector.VectorEnv):
         return merged
 
     def render(self) -> Optional[Tuple[Any, ...]]:
+        self._flight.check_idle("render")
         return self._client.call("render")
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> Tuple[Any, ...]:
+        self._flight.check_idle("call")
         return self._client.call("call", name, list(args), kwargs)
 
     def get_attr(self, name: str) -> Tuple[Any, ...]:
+        self._flight.check_idle("get_attr")
         return self._client.call("get_attr", name)
 
     def set_attr(self, name: str, values: Union[List[Any], Tuple[Any, ...], Any]) -> None:
@@ -152,6 +194,7 @@ class PortalVectorEnv(gymnasium.vector.VectorEnv):
             values = [values] * self.num_envs
         if len(values) != self.num_envs:
             raise ValueError(f"set_attr got {len(values)} values for {self.num_envs} envs")
+        self._flight.check_idle("set_attr")
         self._client.call("set_attr", name, list(values))
 
     def close_extras(self, **kwargs: Any) -> None:

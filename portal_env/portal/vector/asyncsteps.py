@@ -6,12 +6,20 @@ report; each worker steps its instances one by one and reports each as soon as
 it is done, so a fast instance never waits for a slow one. (A vector env made
 for synchronous use also has a shard of its own in the server thread, stepped
 there at once: its instances can hold the others up.)
+
+The agent posts its next recv before it hands a batch to the user (vector.flight),
+so a recv often waits here while the user's agent thinks. Meanwhile the agent's
+sends arrive: recv reads them too and runs them at once (server.Session.meanwhile),
+so instances sent meanwhile can finish first, as if the recv had come later. A
+batch's observations go into the ring slot of the agent's shared memory that the
+agent named (obsring), which it hands out as a read-only view: no copy to the agent.
 """
 
 from __future__ import annotations
 
+import selectors
 from collections import deque
-from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
@@ -32,6 +40,10 @@ class AsyncSteps:
         self.failure: Optional[Exception] = None
         self._action_spaces: Dict[int, Any] = {}
         self._sent = False  # whether instances may be in flight (a step's check is then a scan)
+        self._selector: Any = None  # the workers' pipes (and the agent's socket), kept
+        self._agent: Optional[Tuple[Any, Callable[[], bool], Callable[[], bool]]] = None
+        self._listening = True  # reading the agent's requests while recv() waits
+        self._registered = False  # the agent's socket is in the selector
 
     def check_idle(self, op: str) -> None:
         """Raise if instances are in flight: op would mix their replies with its own."""
@@ -110,30 +122,75 @@ class AsyncSteps:
                 exc = InstanceError(index, kind.__qualname__, str(exc), "")
             self.failure = exc
 
-    def recv(self, count: int) -> List[Any]:
-        """The first count instances to finish: [obs, rewards, terms, truncs, infos, env_ids]."""
+    def recv(self, count: int, slot: int = 0) -> List[Any]:
+        """The first count instances to finish: [obs, rewards, terms, truncs, infos, env_ids];
+        with a ring slot, the obs are written there and obs is the slot's number."""
+        self._ring_target(slot, 0)  # a bad slot raises before anything is taken
+        self._listening = True
         while len(self.done) < count and self.failure is None:
             if int(self.in_flight.sum()) < count:
                 raise ValueError(
                     f"recv() waits for {count} instances but only "
                     f"{int(self.in_flight.sum())} were sent actions; send() more first"
                 )
-            for worker in workers.ready(self.vec.workers, None):
-                try:
-                    reply = worker.receive("recv", wait=False)
-                    self.done.append(workers.OneReply.decode(reply, worker.one_infos))
-                except InstanceError as exc:
-                    self._fail(exc.index, exc)
+            self._wait()
         if self.failure is not None:
             failure, self.failure = self.failure, None
             raise failure
-        return self._batch([self.done.popleft() for _ in range(count)])
+        return self._batch([self.done.popleft() for _ in range(count)], slot)
 
-    def _batch(self, results: List[Result]) -> List[Any]:
+    def listen(self, sock: Any, buffered: Callable[[], bool], read: Callable[[], bool]) -> None:
+        """While recv() waits for workers, also read the agent's next requests: read() runs
+        one (a send runs at once) and says whether to read on; buffered() whether one was
+        read into a buffer already. See server.Session.meanwhile."""
+        self._agent = (sock, buffered, read)
+
+    def _wait(self) -> None:
+        """Block until a worker replies or the agent sends a request; take what came."""
+        selector = self._selector
+        if selector is None:
+            selector = self._selector = selectors.DefaultSelector()
+            for worker in self.vec.workers:
+                selector.register(worker.conn.fileno(), selectors.EVENT_READ, worker)
+        listening = self._agent is not None and self._listening
+        if listening and self._agent[1]():  # a request is read already: select() misses it
+            self._listening = self._agent[2]()
+            return
+        if listening and not self._registered:
+            selector.register(self._agent[0], selectors.EVENT_READ, None)
+            self._registered = True
+        elif self._registered and not listening:
+            selector.unregister(self._agent[0])
+            self._registered = False
+        for key, _ in selector.select(None):
+            worker = key.data
+            if worker is None:  # the agent's socket
+                self._listening = self._agent[2]()
+                continue
+            self._collect(worker)
+            while worker.conn.poll():  # whatever else it sent meanwhile
+                self._collect(worker)
+
+    def _collect(self, worker: Any) -> None:
+        try:
+            reply = worker.receive("recv", wait=False)
+        except InstanceError as exc:
+            self._fail(exc.index, exc)
+            return
+        self.done.append(workers.OneReply.decode(reply, worker.one_infos))
+
+    def _batch(self, results: List[Result], slot: int = 0) -> List[Any]:
         ids = [r[0] for r in results]
         self.in_flight[ids] = False
         vec = self.vec
-        if vec.batch is not None:
+        target = self._ring_target(slot, len(ids))
+        if target is not None:
+            if vec.batch is not None:
+                np.take(vec.batch.arrays, ids, axis=0, out=target)
+            else:
+                concatenate(vec.single_observation_space, [r[1] for r in results], target)
+            obs: Any = slot
+        elif vec.batch is not None:
             obs = _take(vec.batch.arrays, ids)
         else:
             space = vec.single_observation_space
@@ -147,6 +204,25 @@ class AsyncSteps:
             [r[5] for r in results],
             np.array(ids, dtype=np.int32),  # EnvPool's dtype for info["env_id"]
         ]
+
+    def _ring_target(self, slot: int, rows: int) -> Optional[np.ndarray]:
+        """Where the agent asked this batch's observations to go: the first rows of its
+        ring slot (obsring); None if it asked for none or the layout has no ring."""
+        layout = self.vec.step_layout
+        if not slot or layout is None or layout.shm is None or layout.obs is None:
+            return None
+        if not 0 < slot <= layout.ring_slots:
+            raise ValueError(f"recv into ring slot {slot} of {layout.ring_slots}")
+        row = layout.obs.count // self.vec.num_envs
+        shape = (rows,) + layout.obs.shape[1:]
+        return np.frombuffer(
+            layout.shm, layout.obs.dtype, rows * row, slot * layout.capacity
+        ).reshape(shape)
+
+    def close(self) -> None:
+        if self._selector is not None:
+            self._selector.close()
+            self._selector = None
 
 
 def _take(tree: Any, ids: List[int]) -> Any:

@@ -23,31 +23,37 @@ from .shard import InstanceError, Shard
 logger = logging.getLogger(__name__)
 
 
-def check_workers(num_workers: Optional[int], num_envs: int) -> None:
-    """Raise ValueError naming the bad value unless num_envs and num_workers make sense."""
+def check_sizes(num_envs: int, num_workers: Optional[int], batch_size: Optional[int]) -> None:
+    """Raise ValueError naming the bad value unless the sizes of a vector env make sense."""
     if not isinstance(num_envs, int) or num_envs < 1:
         raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
-    if num_workers is None:
-        return
-    if not isinstance(num_workers, int) or not 0 <= num_workers <= num_envs:
+    if num_workers is not None and not (
+        isinstance(num_workers, int) and 0 <= num_workers <= num_envs
+    ):
         raise ValueError(
             f"num_workers must be an integer from 0 (step in the server thread) to "
             f"num_envs={num_envs}, got {num_workers!r}"
         )
+    if batch_size is not None and not (isinstance(batch_size, int) and 1 <= batch_size <= num_envs):
+        raise ValueError(f"batch_size must be from 1 to num_envs={num_envs}, got {batch_size!r}")
 
 
 def default_workers(
-    factory: EnvFactory, args: Sequence[Any], kwargs: Dict[str, Any], num_envs: int
+    factory: EnvFactory, args: Sequence[Any], kwargs: Dict[str, Any], num_envs: int, batch: int
 ) -> Tuple[int, Dict[str, Any]]:
-    """The processes the cost model picks (0: none but the server thread), and why."""
+    """The processes the cost model picks (0: none but the server thread), and why.
+
+    batch: the steps the processes share at a time: num_envs for step(), batch_size for
+    send/recv (a batch's instances step at once; the others wait in the agent's hands).
+    """
     processes, measured = costmodel.default_workers(
-        factory, args, kwargs, num_envs, workers.available_cores()
+        factory, args, kwargs, batch, min(workers.available_cores(), num_envs)
     )
     if measured:
         logger.info(
-            "make_vec of %d instances: a step takes %.3f ms, a hand-off to a worker %.3f ms: "
-            "%d process%s",
-            num_envs, measured["step_s"] * 1e3, measured["handoff_s"] * 1e3, processes,
+            "make_vec of %d instances, %d a batch: a step takes %.3f ms, a hand-off to a "
+            "worker %.3f ms: %d process%s",
+            num_envs, batch, measured["step_s"] * 1e3, measured["handoff_s"] * 1e3, processes,
             "es" if processes > 1 else "",
         )  # fmt: skip
     return (processes if processes > 1 else 0), measured
@@ -58,8 +64,8 @@ class HostedVectorEnv:
 
     With K workers the instances are split into K contiguous shards that step at
     once: the server thread steps the first itself and K-1 forked worker
-    processes step the others, so no core waits for a hand-off. An
-    `asynchronous` env (EnvPool-style send/recv) forks all K instead, which keeps
+    processes step the others, so no core waits for a hand-off. With a batch_size
+    below num_envs (EnvPool-style send/recv) all K are forked instead, which keeps
     the server thread free to report whichever instance finishes first.
     Observations land in one shared batch. Without workers the server thread
     steps every instance one after another. Infos go back as a list and are
@@ -73,12 +79,14 @@ class HostedVectorEnv:
         args: Sequence[Any],
         kwargs: Dict[str, Any],
         num_workers: Optional[int] = None,
-        asynchronous: bool = False,
+        batch_size: Optional[int] = None,
     ) -> None:
-        check_workers(num_workers, num_envs)
+        check_sizes(num_envs, num_workers, batch_size)
+        self.batch_size = num_envs if batch_size is None else batch_size
+        asynchronous = self.batch_size < num_envs
         self.sizing: Dict[str, Any] = {}  # what the default was picked from (costmodel)
         if num_workers is None:
-            count, self.sizing = default_workers(factory, args, kwargs, num_envs)
+            count, self.sizing = default_workers(factory, args, kwargs, num_envs, self.batch_size)
         else:
             count = num_workers
         self.num_workers = count
@@ -173,6 +181,11 @@ class HostedVectorEnv:
         self._layout = fastpath.VectorLayout(
             self.facts["observation_space"], self.facts["action_space"], self.num_envs
         )
+        return self._layout
+
+    @property
+    def step_layout(self) -> Optional[fastpath.VectorLayout]:
+        """The step layout agreed with the agent (with its shared memory), once made."""
         return self._layout
 
     def _batch(self, shard_observations: Sequence[Any]) -> Any:
@@ -304,6 +317,9 @@ class HostedVectorEnv:
         self._with_local("set_attr", lambda shard: shard.each("set_attr", name, mine))
 
     def close(self) -> None:
+        pending = getattr(self, "pending", None)  # None if __init__ failed before it
+        if pending is not None:
+            pending.close()
         if self.local is not None:
             self.local.close()
         for worker in self.workers:

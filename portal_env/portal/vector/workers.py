@@ -39,7 +39,7 @@ import time
 import traceback
 import warnings
 from multiprocessing import reduction
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -563,9 +563,3 @@ def gather(
     if first_failure is not None:
         raise first_failure
     return results
-
-
-def ready(workers: List[Worker], timeout: Optional[float]) -> List[Worker]:
-    """Workers with a reply waiting (or whose process ended), waiting up to timeout."""
-    conns = {worker.conn: worker for worker in workers}
-    return [conns[conn] for conn in wait(list(conns), timeout)]
