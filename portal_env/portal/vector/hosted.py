@@ -12,6 +12,7 @@ import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+from gymnasium import spaces as gs
 from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
 
 from ...config import spin_us as config_spin_us
@@ -21,6 +22,7 @@ from . import asyncsteps, batchmem, costmodel, workers
 from .shard import InstanceError, Shard
 
 logger = logging.getLogger(__name__)
+_PLAIN = (gs.Box, gs.Discrete, gs.MultiDiscrete, gs.MultiBinary)
 
 
 def check_sizes(num_envs: int, num_workers: Optional[int], batch_size: Optional[int]) -> None:
@@ -109,6 +111,9 @@ class HostedVectorEnv:
         self.action_space = batch_space(self.facts["action_space"], num_envs)
         if self.local is not None:
             self._local_actions = batch_space(self.facts["action_space"], len(self.local.envs))
+        # a batch of Box, Discrete, ... actions is one array whose rows are the actions
+        self._plain_actions = isinstance(self.facts["action_space"], _PLAIN)
+        self._out: Any = None  # the observation batch of replies, when no shared batch
         self.pending = asyncsteps.AsyncSteps(self)
 
     def extra_ops(self) -> Dict[str, Any]:
@@ -192,8 +197,11 @@ class HostedVectorEnv:
         if self.batch is not None:
             return self.batch.arrays  # the workers wrote into it
         observations = [obs for part in shard_observations for obs in part]
-        out = create_empty_array(self.single_observation_space, self.num_envs, fn=np.empty)
-        return concatenate(self.single_observation_space, observations, out)
+        if self._out is None:  # kept: each reply is encoded before the next step fills it
+            self._out = create_empty_array(
+                self.single_observation_space, self.num_envs, fn=np.empty
+            )
+        return concatenate(self.single_observation_space, observations, self._out)
 
     def _each_shard(self, op: str, per_instance: Optional[Sequence[Any]], *args: Any) -> List[Any]:
         """Run op on every shard at once; per_instance values are split among the shards."""
@@ -287,13 +295,16 @@ class HostedVectorEnv:
         def run(shard: Shard) -> Any:
             lo, hi = shard.first, shard.first + len(shard.envs)
             if whole:
-                mine = list(iterate(self._local_actions, actions[lo:hi]))
+                mine = list(actions[lo:hi]) if self._plain_actions else self._split(actions, lo, hi)
             else:
                 mine = per_instance[lo:hi]  # type: ignore[index]
             return shard.step(mine, None if target is None else target[lo:hi])
 
         decode = workers.StepReply.decode
         return self._with_local("step", run, lambda w, reply: decode(reply, w.infos))
+
+    def _split(self, actions: Any, lo: int, hi: int) -> List[Any]:
+        return list(iterate(self._local_actions, actions[lo:hi]))
 
     def _gathered(self, op: str, *args: Any) -> tuple:
         return tuple(value for part in self._each_shard(op, None, *args) for value in part)
