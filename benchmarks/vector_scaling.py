@@ -1,7 +1,8 @@
 """Vector envs across cores: make_vec with worker processes against gymnasium and EnvPool.
 
 Usage: python benchmarks/vector_scaling.py [--quick] [--repeats R] [--only targets|scaling]
-       [--plot benchmarks/vector_scaling.png] [--envpool-python PATH]
+       [--groups pong8,sleep,...] [--plot benchmarks/vector_scaling.png]
+       [--envpool-python PATH]
 
 Two tables, each from one run of this script:
 
@@ -13,7 +14,9 @@ Two tables, each from one run of this script:
    HalfCheetah-v5 x8 the same way, to check the default's choice (no target). An agent
    that sleeps 1 ms per batch (inference off the CPU) stepping Pong x8 synchronously
    versus with ``batch_size=4`` (``send``/``recv``). Single envs (CartPole, Pong,
-   HalfCheetah-v5 when mujoco imports) in-process versus over a Unix socket.
+   HalfCheetah-v5 when mujoco imports) in-process versus over a Unix socket, and, for
+   Pong and HalfCheetah, with the agent and the server's thread for it pinned to one
+   core and not spinning (an experiment: is a step faster on the agent's core?).
    It ends with the Markdown table of the targets that the README quotes.
 2. Scaling: Pong-v5 x16 as ``make_vec`` with ``num_workers`` = 0..cores, beside
    ``SyncVectorEnv``, ``AsyncVectorEnv``, the ceiling, and EnvPool's own Pong-v5 x16 (its own
@@ -65,8 +68,10 @@ SLEEP_S = 0.001  # an agent's inference per batch, off the CPU (an accelerator)
 DEFAULTS = "make_vec (defaults)"
 SLEEP_SYNC = "make_vec step + 1 ms sleep"
 SLEEP_BATCH = "make_vec batch_size=4 + 1 ms sleep"
+PINNED = "portal Unix, server on the agent's core"
 DEFAULT_ENVPOOL_PYTHON = Path.home() / ".cache/portal-env-bench/vec-envpool/bin/python"
 TICKS = os.sysconf("SC_CLK_TCK")
+PIN_VAR = "VECTOR_SCALING_PIN"  # --serve: pin each connection's thread to this core
 
 Step = Callable[[], int]  # one call; returns the env-steps it made
 Made = Tuple[Step, List[int], str]  # (step, env-side pids, a note for the table)
@@ -98,6 +103,7 @@ class Row:
     reason: str = ""
     note: str = ""
     external: Optional[Callable[[Plan], Tuple[float, float, float]]] = None  # EnvPool
+    affinity: Optional[set] = None  # the cores the agent runs on during this row
 
     @property
     def median(self) -> Optional[float]:
@@ -197,8 +203,11 @@ def serve(socket_path: str) -> None:
     from portal_env.portal.screenbuf import ale_screen_into
 
     gymnasium.register_envs(ale_py)
+    pin = os.environ.get(PIN_VAR)
 
     def make(*args: Any, **kwargs: Any) -> Any:  # as the built-in ale env serves them
+        if pin:  # the experiment of issue 24: this connection's thread on the agent's core
+            os.sched_setaffinity(0, {int(pin)})
         return ale_screen_into(gymnasium.make(*args, **kwargs))
 
     EnvSidePortal(env_factory=make, token=TOKEN, socket_path=socket_path).run()
@@ -288,7 +297,10 @@ def _async_step(vec: Any, sleep: float) -> Step:
     return step
 
 
-def single(env_id: str, remote: bool) -> Callable:
+def single(env_id: str, remote: bool, pin: Optional[int] = None) -> Callable:
+    """One env in-process or over a Unix socket; with pin, the server's thread for it runs
+    on that core, as the agent's does during the row (Row.affinity), and neither spins."""
+
     def make(stack: ExitStack) -> Made:
         import ale_py
         import gymnasium
@@ -297,8 +309,10 @@ def single(env_id: str, remote: bool) -> Callable:
         if remote:
             from portal_env import AgentSidePortal
 
-            address, pid = stack.enter_context(server())
-            env = AgentSidePortal("bench", [env_id], address=address, token=TOKEN)
+            quiet = {PIN_VAR: str(pin), "PORTAL_ENV_SPIN_US": "0"} if pin is not None else {}
+            address, pid = stack.enter_context(server(quiet))
+            with patched_environ(quiet):
+                env = AgentSidePortal("bench", [env_id], address=address, token=TOKEN)
             pids = [pid]
         else:
             env, pids = gymnasium.make(env_id), []
@@ -316,6 +330,34 @@ def single(env_id: str, remote: bool) -> Callable:
         return step, pids, ""
 
     return make
+
+
+@contextmanager
+def patched_environ(values: Dict[str, str]) -> Iterator[None]:
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextmanager
+def affinity(cores: Optional[set]) -> Iterator[None]:
+    """This thread on cores for a while (None: as it is)."""
+    if cores is None:
+        yield
+        return
+    saved = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cores)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, saved)
 
 
 def envpool_row(n: int, python: Path) -> Callable[[Plan], Tuple[float, float, float]]:
@@ -408,9 +450,10 @@ def open_row(row: Row, stack: ExitStack, plan: Plan) -> None:
         row.step, row.pids, row.note = row.make(stack)
         steps, start = 0, time.perf_counter()
         calls = 0
-        while time.perf_counter() - start < plan.warmup_s:
-            steps += row.step()
-            calls += 1
+        with affinity(row.affinity):
+            while time.perf_counter() - start < plan.warmup_s:
+                steps += row.step()
+                calls += 1
         row.calls = max(10, round(calls / (time.perf_counter() - start) * plan.repeat_s))
     except Exception as exc:  # reported in the table: a row that cannot run is n/a
         row.reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:150]}"
@@ -434,10 +477,11 @@ def time_row(row: Row, plan: Plan) -> None:
     if row.step is None:
         return
     everyone = descendants(os.getpid())
-    cpu0, start, steps = cpu_seconds(everyone), time.perf_counter(), 0
-    for _ in range(row.calls):
-        steps += row.step()
-    wall = time.perf_counter() - start
+    with affinity(row.affinity):
+        cpu0, start, steps = cpu_seconds(everyone), time.perf_counter(), 0
+        for _ in range(row.calls):
+            steps += row.step()
+        wall = time.perf_counter() - start
     used = cpu_seconds(everyone) - cpu0
     row.rates.append(steps / wall)
     row.cpus.append(used / steps * 1000)
@@ -484,9 +528,14 @@ def target_rows(cores: int) -> List[Row]:
         Row("sleep", SLEEP_SYNC, portal_vector(PONG, 8, sleep=SLEEP_S)),
         Row("sleep", SLEEP_BATCH, portal_vector(PONG, 8, sleep=SLEEP_S, batch_size=4)),
     ]
+    core = max(os.sched_getaffinity(0))
     for env_id, group in ((PONG, "pong1"), (CARTPOLE, "cp1"), (CHEETAH, "cheetah1")):
         rows.append(Row(group, "in-process", single(env_id, False)))
         rows.append(Row(group, "portal Unix", single(env_id, True)))
+        if group != "cp1" and cores > 1:  # the affinity experiment (issue 24, item 4)
+            pinned = Row(group, PINNED, single(env_id, True, pin=core))
+            pinned.affinity = {core}
+            rows.append(pinned)
     return rows
 
 
@@ -525,6 +574,8 @@ COMPARISONS = [  # informational ratios, no target
     ("cheetah8", DEFAULTS, "SyncVectorEnv"),
     ("cheetah8", "make_vec num_workers=0", "SyncVectorEnv"),
     ("cheetah8", "make_vec num_workers=2", "SyncVectorEnv"),
+    ("pong1", PINNED, "portal Unix"),
+    ("cheetah1", PINNED, "portal Unix"),
 ]
 
 TITLES = {
@@ -708,6 +759,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--repeats", type=int, help="interleaved repetitions (default 7)")
     parser.add_argument("--plot", type=Path, help="write the scaling plot (PNG) here")
     parser.add_argument("--only", choices=["targets", "scaling"], help="one table only")
+    parser.add_argument("--groups", help="only these tables of the targets (e.g. pong1,sleep)")
     parser.add_argument("--envpool-python", type=Path, default=DEFAULT_ENVPOOL_PYTHON)
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--socket", help=argparse.SUPPRESS)
@@ -727,6 +779,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     )
     if args.only != "scaling":
         targets = target_rows(cores)
+        if args.groups:
+            targets = [row for row in targets if row.group in args.groups.split(",")]
         run_rows(targets, plan)
         print(format_rows(targets))
         print("\n" + format_marker(targets))
