@@ -53,7 +53,7 @@ _VEC_OPS = ("async_reset", "send", "recv")
 _OP_ARGS: Dict[str, Tuple[type, ...]] = {
     "ping": (),
     "make": (list, dict),
-    # num_workers; batch_size (send/recv below num_envs; a bool from agents before 0.11)
+    # num_workers; batch_size (send/recv below num_envs; a bool from older agents)
     "make_vec": (int, list, dict, (int, type(None)), (int, bool, type(None))),
     "share_memory": (int,),
     "share_memory_ready": (bool,),
@@ -166,9 +166,10 @@ class Session:
         reply goes after recv's. Anything else waits its turn (next_frame). True if
         the next request may be read too.
         """
+        channel: Any = self.channel  # set: listen() is only given to sessions with one
         try:
-            kind, payload = self.channel.recv_frame()  # type: ignore[union-attr]
-            request = self.channel.decode(payload) if kind == wire.GENERAL else None  # type: ignore[union-attr]
+            kind, payload = channel.recv_frame()
+            request = channel.decode(payload) if kind == wire.GENERAL else None
         except Exception as exc:  # the request loop raises it in its turn
             self._ahead = (exc, None, None)
             return False

@@ -51,7 +51,7 @@ class PortalVectorEnv(gymnasium.vector.VectorEnv):
         self._ahead = False  # a recv is posted whose reply is not read yet
         self._client = Client.for_env(env_name, address, token, agent_in_docker, timeout)
         args, kwargs = list(env_args or []), dict(env_kwargs or {})
-        # num_workers None: the server picks (its cores, if the env is slow enough)
+        # num_workers None: the server picks (its cost model, vector.costmodel)
         description = make_remote(
             self._client, env_name, args, kwargs, num_envs, num_workers, self.batch_size
         )
