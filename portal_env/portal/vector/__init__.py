@@ -1,9 +1,11 @@
 """Vector envs: N instances of a remote env as one gymnasium VectorEnv.
 
-Agent side: `agent` (PortalVectorEnv, one server) and `multiserver` (make_vec, one
-VectorEnv over many servers). Env side: `shard` (instances stepped one after
-another), `workers` (forked processes that each step a shard), `batchmem` (the
-batch they write into), `asyncsteps` (EnvPool-style send/recv).
+Agent side: `agent` (PortalVectorEnv, one server), `flight` (its send/recv
+bookkeeping), `multiserver` (make_vec, one VectorEnv over many servers). Env side:
+`hosted` (HostedVectorEnv, what a connection controls), `shard` (instances stepped
+one after another), `workers` (forked processes that each step a shard), `costmodel`
+(how many of them by default), `batchmem` (the batch they write into), `asyncsteps`
+(EnvPool-style send/recv).
 """
 
 from typing import Any
