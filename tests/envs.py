@@ -193,30 +193,6 @@ class SlowEnv(gymnasium.Env):
         return os.getpid()
 
 
-class BusyEnv(gymnasium.Env):
-    """Keeps its core busy for `cost` seconds per step (a busy wait, as an env's own
-    computation would): a step of a known, fixed cost."""
-
-    observation_space = spaces.Box(0.0, 1e6, (2,), np.float64)
-    action_space = spaces.Discrete(2)
-
-    def __init__(self, cost=0.0):
-        self.cost = cost
-        self.t = 0
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        self.t = 0
-        return np.array([self.t, self.cost]), {}
-
-    def step(self, action):
-        end = time.perf_counter() + self.cost
-        while time.perf_counter() < end:
-            pass
-        self.t += 1
-        return np.array([self.t, self.cost]), float(action), False, self.t >= 200, {}
-
-
 class InfosEnv(gymnasium.Env):
     """MuJoCo-like infos: the same keys and types step after step, then now and then
     a change (a new key, another type) and back."""
@@ -249,14 +225,38 @@ class InfosEnv(gymnasium.Env):
         return obs, x, self.t >= 33, False, info
 
 
+class BusyEnv(gymnasium.Env):
+    """Keeps its core busy for `cost` seconds per step (a busy wait, as an env's own
+    computation would): a step of a known, fixed cost."""
+
+    observation_space = spaces.Box(0.0, 1e6, (2,), np.float64)
+    action_space = spaces.Discrete(2)
+
+    def __init__(self, cost=0.0):
+        self.cost = cost
+        self.t = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.array([self.t, self.cost]), {}
+
+    def step(self, action):
+        end = time.perf_counter() + self.cost
+        while time.perf_counter() < end:
+            pass
+        self.t += 1
+        return np.array([self.t, self.cost]), float(action), False, self.t >= 200, {}
+
+
 gymnasium.register("PortalTest/Infos-v0", entry_point=InfosEnv, disable_env_checker=True)
-gymnasium.register("PortalTest/Busy-v0", entry_point=BusyEnv, disable_env_checker=True)
 gymnasium.register("PortalTest/Slow-v0", entry_point=SlowEnv, disable_env_checker=True)
 gymnasium.register("PortalTest/Screen-v0", entry_point=ScreenEnv, max_episode_steps=25)
 gymnasium.register("PortalTest/Typed-v0", entry_point=TypedEnv, disable_env_checker=True)
 gymnasium.register("PortalTest/Rich-v0", entry_point=RichEnv, max_episode_steps=50)
 gymnasium.register("PortalTest/Faulty-v0", entry_point=FaultyEnv, disable_env_checker=True)
 gymnasium.register("PortalTest/Big-v0", entry_point=BigEnv)
+gymnasium.register("PortalTest/Busy-v0", entry_point=BusyEnv, disable_env_checker=True)
 
 
 def make(*args, screen_into=False, **kwargs):
