@@ -6,8 +6,8 @@ from typing import Any, Dict, List, Optional, Sequence, SupportsFloat, Tuple
 
 import gymnasium
 
-from ..errors import ProtocolError, RemoteEnvError
-from . import fastpath, spaces
+from ..errors import PortalEnvError, ProtocolError, RemoteEnvError
+from . import fastpath, protocol, spaces
 from .client import DEFAULT_TIMEOUT, Client
 
 
@@ -27,6 +27,14 @@ def make_remote(
     """
     if num_envs is None:
         op, args = "make", [env_args, env_kwargs]
+    elif not client.offers(protocol.FEATURE_VECTOR):
+        client.close()
+        raise PortalEnvError(
+            f"the portal {env_name!r} at {client.address} is served by the small server of an "
+            "old runtime (Python < 3.8), which hosts single envs only, not vector envs. Use "
+            "gymnasium.vector.SyncVectorEnv or AsyncVectorEnv over AgentSidePortal instances "
+            f"(e.g. AsyncVectorEnv([lambda: AgentSidePortal({env_name!r}, ...)] * {num_envs}))."
+        )
     else:  # num_workers None: the server picks (its cost model)
         op, args = "make_vec", [num_envs, env_args, env_kwargs]
         if batch_size is not None and batch_size < num_envs:

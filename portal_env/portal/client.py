@@ -7,7 +7,7 @@ from typing import Any, Callable, List, Optional, Tuple
 
 from .. import config
 from ..errors import PortalConnectionError, ProtocolError, RemoteEnvError
-from . import obsring, sharedmem, wire
+from . import obsring, protocol, sharedmem, wire
 
 DEFAULT_TIMEOUT = 300.0  # seconds; generous for slow resets (emulators, Minecraft-likes)
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -86,11 +86,15 @@ class Client:
         The server makes the file and says where; we map it only if it is a
         private file of ours where a server makes them (see sharedmem.attach).
         """
+        if not self.offers(protocol.FEATURE_FAST_STEP):
+            return  # a small server of an old runtime: steps go as general calls
         self.layout = layout
         layout.allow_pickle(self.allow_pickle)
         local = self.address.path is not None or self.address.host in _LOOPBACK
         if not (local and layout.wants_shared_memory()):
             return
+        if not self.offers(protocol.FEATURE_SHARED_MEMORY):
+            return  # the server has no share_memory ops
         # We ask for a ring of observation (batch) slots beyond the first (obsring);
         # the server makes the file of that size, we only map what it made.
         slots = obsring.slots_for(layout.capacity) if layout.max_ring else 0
@@ -108,6 +112,10 @@ class Client:
         self._channel.shm = memoryview(mapping)[: layout.capacity] if slots else mapping
         if slots:
             layout.ring = obsring.Ring(mapping, layout.capacity, slots)
+
+    def offers(self, feature: int) -> bool:
+        """Whether the server offered feature (protocol.FEATURE_*) at the handshake."""
+        return bool(self._channel.features & feature)
 
     def call(self, op: str, *args: Any) -> Any:
         """Run op on the server; remote exceptions re-raise as RemoteEnvError."""

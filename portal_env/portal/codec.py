@@ -3,8 +3,9 @@
 msgpack carries the structure; numpy array data travels out of band, appended
 raw after the structure (like pickle protocol 5 buffers), so a large
 observation is never copied in user space and decodes as a writable view of
-the received frame. Tuples, numpy scalars and arrays are msgpack extension
-types; arrays and scalars are described by dtype string and shape, which every
+the received frame. Tuples, numpy scalars and arrays, and gymnasium's
+GraphInstance values are msgpack extension types (codes in `protocol`);
+arrays and scalars are described by dtype string and shape, which every
 numpy version reads, so an agent on numpy 2 talks to an env on numpy 1.
 Anything else (rare objects in `info` dicts) is refused with an error naming
 where it sits and its type: unpickling runs code the sender chooses, so a
@@ -25,15 +26,22 @@ from typing import Any, Callable, Dict, List, Tuple
 
 import msgpack
 import numpy as np
+from gymnasium.spaces import GraphInstance
 
 from ..errors import EncodeError, ProtocolError
-from . import sharedmem
+from . import protocol, sharedmem
 
-_ARRAY, _SCALAR, _TUPLE, _PICKLE = 1, 2, 3, 4
-ALIGN = 16  # keeps array views aligned for any dtype
+_ARRAY, _SCALAR, _TUPLE, _PICKLE, _GRAPH = (
+    protocol.EXT_ARRAY,
+    protocol.EXT_SCALAR,
+    protocol.EXT_TUPLE,
+    protocol.EXT_PICKLE,
+    protocol.EXT_GRAPH,
+)
+ALIGN = protocol.ALIGN  # keeps array views aligned for any dtype
 _U32 = struct.Struct("<I")
-_SHARED = 1 << 31  # flag in the structure length: array data is in shared memory
-_ARRAY_TAIL = struct.Struct("<QB")  # data offset, number of dimensions
+_SHARED = protocol.SHARED_FLAG  # in the structure length: array data is in shared memory
+_ARRAY_TAIL = struct.Struct(protocol.ARRAY_TAIL_FORMAT)  # data offset, number of dimensions
 # msgpack preallocates 256 KiB per Packer; nested packing then costs ~20 us a
 # message in page faults. A small start size grows on demand.
 _BUF_SIZE = 1024
@@ -151,19 +159,19 @@ class Encoder:
         self.size += padded(data.nbytes)
         return msgpack.ExtType(_ARRAY, header)
 
-    def _tuple(self, obj: tuple) -> msgpack.ExtType:
+    def _nested(self, code: int, items: list) -> msgpack.ExtType:
         # The shared packer is busy with the enclosing value: pack nested tuples apart.
-        nested = msgpack.packb(
-            list(obj), default=self._default, strict_types=True, buf_size=_BUF_SIZE
-        )
-        return msgpack.ExtType(_TUPLE, nested)
+        nested = msgpack.packb(items, default=self._default, strict_types=True, buf_size=_BUF_SIZE)
+        return msgpack.ExtType(code, nested)
 
     def _default(self, obj: Any) -> msgpack.ExtType:
         kind = type(obj)
         if kind is np.ndarray:
             return self._array(obj)
         if kind is tuple:
-            return self._tuple(obj)
+            return self._nested(_TUPLE, list(obj))
+        if kind is GraphInstance:  # a NamedTuple: kept apart from a plain tuple
+            return self._nested(_GRAPH, [obj.nodes, obj.edges, obj.edge_links])
         if isinstance(obj, np.generic) and not isinstance(obj, np.object_):
             return msgpack.ExtType(_SCALAR, _dtype_tag(obj.dtype) + obj.tobytes())
         if isinstance(obj, np.ndarray):  # a subclass: send the plain array
@@ -218,6 +226,7 @@ class Decoder:
             _ARRAY: self._array,
             _SCALAR: _scalar,
             _TUPLE: lambda data: tuple(self._unpack(data)),
+            _GRAPH: self._graph,
             _PICKLE: pickle.loads if allow_pickle else _refuse_pickle,
         }
 
@@ -260,6 +269,12 @@ class Decoder:
             raise ProtocolError("array data lies outside the frame")
         array = np.frombuffer(self._view, dtype, count, start).reshape(shape)
         return array.copy() if self._copy else array
+
+    def _graph(self, data: bytes) -> GraphInstance:
+        parts = self._unpack(data)
+        if type(parts) is not list or len(parts) != 3:
+            raise ProtocolError(f"a graph value is [nodes, edges, edge_links], got {parts!r:.80}")
+        return GraphInstance(*parts)
 
     def _unpack(self, data: Any) -> Any:
         return msgpack.unpackb(data, ext_hook=self._ext_hook, raw=False, strict_map_key=False)

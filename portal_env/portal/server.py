@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
 
 from .. import config
 from ..errors import EncodeError, PortalConnectionError, PortalEnvError, ProtocolError
-from . import sharedmem, wire
+from . import protocol, sharedmem, wire
 from .hosted import EnvFactory, HostedEnv
 from .vector.hosted import HostedVectorEnv
 
@@ -43,9 +43,9 @@ def _error_reply(exc: BaseException) -> List[Any]:
 
 
 # Requests a connection's env answers (reset and step are wrapped in _host).
-_ENV_OPS = ("reset", "step", "render", "call", "get_attr", "set_attr")
+_ENV_OPS = protocol.ENV_OPS
 # Requests only a vector env answers (its extra_ops).
-_VEC_OPS = ("async_reset", "send", "recv")
+_VEC_OPS = tuple(op for op in protocol.VECTOR_OPS if op != "make_vec")
 
 # Every request the server answers, with the types of its arguments (`object`: any
 # value, checked by the env itself). A request that does not match is answered
@@ -71,6 +71,9 @@ _OP_ARGS: Dict[str, Tuple[type, ...]] = {
 }
 _OPTIONAL = {"make_vec": 2, "recv": 1}  # how many trailing arguments a request may leave out
 _KWARGS_AT = {"make": 1, "make_vec": 2, "call": 2}  # where a **kwargs dict is
+_ALL_OPS = protocol.SESSION_OPS + protocol.ENV_OPS + protocol.MEMORY_OPS + protocol.VECTOR_OPS
+if set(_OP_ARGS) != set(_ALL_OPS):  # the shared list and this table are one
+    raise ImportError(f"op tables differ: {sorted(set(_OP_ARGS) ^ set(_ALL_OPS))}")
 
 
 def parse_request(request: Any) -> Tuple[str, List[Any]]:

@@ -5,7 +5,9 @@ A frame is a u32 little-endian payload length, a kind byte and the payload: a
 carries any frame, each side proves it holds the token by answering the
 other's random nonce with an HMAC: the server sends its nonce, the client
 answers with its own nonce and its proof, and the server (if the proof holds)
-answers with its proof over both nonces. The token never crosses the wire, the
+answers with the features it offers (protocol.FEATURE_*: the small server of
+old runtimes offers none, so its agents use general frames only) and its proof
+over them and both nonces. The token never crosses the wire, the
 server reads nothing but fixed-size bytes until the client has proved itself,
 and the client neither sends a request nor decodes a byte of a frame until the
 server has proved itself, so a tokenless impostor on the server's port or path
@@ -14,7 +16,6 @@ learns no request and can make the agent decode nothing.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 import secrets
@@ -26,18 +27,22 @@ from dataclasses import dataclass
 from typing import Any, List, Optional, Tuple
 
 from ..errors import AuthenticationError, PortalConnectionError, PortalEnvError, ProtocolError
-from . import codec
+from . import codec, protocol
 from . import spin as spin_policy
+from .protocol import (  # noqa: F401  (re-exported: the names the tests and peers use)
+    ACCEPTED,
+    DEFAULT_MAX_FRAME,
+    DIGEST_BYTES,
+    FAST_REPLY,
+    FAST_STEP,
+    GENERAL,
+    MAGIC,
+    NONCE_BYTES,
+    REFUSED,
+)
 
-MAGIC = b"PENV3"  # PENV2: before ring slots and packed infos in steps; PENV1: one-sided
-NONCE_BYTES = 32
-DIGEST_BYTES = 32
-ACCEPTED, REFUSED = b"OK", b"NO"
-DEFAULT_MAX_FRAME = 1 << 30  # 1 GiB; larger frames close the connection
 HANDSHAKE_TIMEOUT = 10.0
-_HEADER = struct.Struct("<IB")  # payload length, frame kind
-# Frame kinds: a general codec value, or a step in the layout agreed from the spaces.
-GENERAL, FAST_STEP, FAST_REPLY = 0, 1, 2
+_HEADER = struct.Struct(protocol.HEADER_FORMAT)  # payload length, frame kind
 _READ_CHUNK = 1 << 16
 # A large frame's buffer starts at this size and doubles as its bytes arrive, so a
 # header alone (5 bytes claiming 1 GiB) never makes a peer allocate the declared size.
@@ -180,7 +185,7 @@ _yield = getattr(os, "sched_yield", lambda: None)
 def _check_magic(hello: bytes, address: Address) -> None:
     if hello.startswith(MAGIC):
         return
-    if hello.startswith(b"PENV"):
+    if hello.startswith(protocol.MAGIC_FAMILY):
         raise ProtocolError(
             f"the server at {address} speaks another portal-env protocol ({hello[:5]!r}, this "
             f"agent {MAGIC!r}); run the same portal-env version on both sides (restart the portal)"
@@ -188,10 +193,11 @@ def _check_magic(hello: bytes, address: Address) -> None:
     raise ProtocolError(f"{address} is not a portal-env server (it sent {hello[:8]!r})")
 
 
-def _digest(token: str, role: bytes, server_nonce: bytes, client_nonce: bytes) -> bytes:
+def _digest(
+    token: str, role: bytes, server_nonce: bytes, client_nonce: bytes, features: bytes = b""
+) -> bytes:
     # The role keeps one side's proof from ever serving as the other's (reflection).
-    message = b"portal-env-auth-2 " + role + server_nonce + client_nonce
-    return hmac.new(token.encode(), message, hashlib.sha256).digest()
+    return protocol.proof(token.encode(), role, server_nonce, client_nonce, features)
 
 
 class _Closed(Exception):
@@ -244,6 +250,9 @@ class Channel:
         self._encoder = codec.Encoder(allow_pickle)
         self._decoder = codec.Decoder(allow_pickle)
         self.shm: Any = None  # a mapping shared with the peer for large array data
+        # What the peer server offers beyond general frames (protocol.FEATURE_*), learnt at
+        # the handshake: the small server of old runtimes offers none of them.
+        self.features = protocol.FEATURES_ALL
         self._buf = bytearray(_READ_CHUNK)
         self._view = memoryview(self._buf)
         self._lo = self._hi = 0
@@ -271,7 +280,9 @@ class Channel:
             hello = _read_by(sock, len(MAGIC) + NONCE_BYTES, deadline)
             _check_magic(hello, address)
             server_nonce, client_nonce = hello[len(MAGIC) :], secrets.token_bytes(NONCE_BYTES)
-            sock.sendall(client_nonce + _digest(token, b"agent", server_nonce, client_nonce))
+            sock.sendall(
+                client_nonce + _digest(token, protocol.ROLE_AGENT, server_nonce, client_nonce)
+            )
             phase = "waiting for the server's answer to our token"
             if _read_by(sock, len(ACCEPTED), deadline) != ACCEPTED:
                 raise AuthenticationError(
@@ -280,8 +291,9 @@ class Channel:
                     "agent"
                 )
             phase = "waiting for the server to prove it holds the token"
-            proof = _read_by(sock, DIGEST_BYTES, deadline)
-            expected = _digest(token, b"server", server_nonce, client_nonce)
+            answer = _read_by(sock, 1 + DIGEST_BYTES, deadline)
+            features, proof = answer[:1], answer[1:]
+            expected = _digest(token, protocol.ROLE_SERVER, server_nonce, client_nonce, features)
             if not hmac.compare_digest(proof, expected):
                 raise AuthenticationError(
                     f"the peer at {address} accepted our token but could not prove it holds "
@@ -290,7 +302,9 @@ class Channel:
                 )
             sock.settimeout(None)
             set_timeout(sock, timeout)
-            return cls(sock, spin_us=spin_us, allow_pickle=allow_pickle)
+            channel = cls(sock, spin_us=spin_us, allow_pickle=allow_pickle)
+            channel.features = features[0]
+            return channel
         except PortalEnvError:  # before OSError: PortalConnectionError is one too
             sock.close()
             raise
@@ -322,8 +336,12 @@ class Channel:
         spin_us: float = 0.0,
         timeout: Optional[float] = HANDSHAKE_TIMEOUT,
         allow_pickle: bool = False,
+        features: int = protocol.FEATURES_ALL,
     ) -> Channel:
-        """Run the server side of the handshake within timeout; HandshakeFailed if it fails."""
+        """Run the server side of the handshake within timeout; HandshakeFailed if it fails.
+
+        features: what this server offers beyond general frames (protocol.FEATURE_*).
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         _tune(sock)
         server_nonce = secrets.token_bytes(NONCE_BYTES)
@@ -331,10 +349,14 @@ class Channel:
             sock.sendall(MAGIC + server_nonce)
             answer = _read_by(sock, NONCE_BYTES + DIGEST_BYTES, deadline)
             client_nonce, proof = answer[:NONCE_BYTES], answer[NONCE_BYTES:]
-            if not hmac.compare_digest(proof, _digest(token, b"agent", server_nonce, client_nonce)):
+            if not hmac.compare_digest(
+                proof, _digest(token, protocol.ROLE_AGENT, server_nonce, client_nonce)
+            ):
                 sock.sendall(REFUSED)
                 raise HandshakeFailed("wrong token")
-            sock.sendall(ACCEPTED + _digest(token, b"server", server_nonce, client_nonce))
+            offered = bytes([features])
+            own = _digest(token, protocol.ROLE_SERVER, server_nonce, client_nonce, offered)
+            sock.sendall(ACCEPTED + offered + own)
         except socket.timeout:
             raise HandshakeFailed(f"no token proof within the {timeout:g} s deadline") from None
         except _Closed:
@@ -342,7 +364,9 @@ class Channel:
         except OSError as exc:
             raise HandshakeFailed(f"handshake failed: {exc.strerror or exc}") from None
         sock.settimeout(None)
-        return cls(sock, max_frame, spin_us, allow_pickle)
+        channel = cls(sock, max_frame, spin_us, allow_pickle)
+        channel.features = features
+        return channel
 
     # -- frames ------------------------------------------------------------
 
