@@ -257,6 +257,8 @@ gymnasium.register("PortalTest/Rich-v0", entry_point=RichEnv, max_episode_steps=
 gymnasium.register("PortalTest/Faulty-v0", entry_point=FaultyEnv, disable_env_checker=True)
 gymnasium.register("PortalTest/Big-v0", entry_point=BigEnv)
 gymnasium.register("PortalTest/Busy-v0", entry_point=BusyEnv, disable_env_checker=True)
+# Gymnasium's own TESTING_SPACES, one env per space (tests/gymnasium_spaces.py).
+gymnasium.register("PortalTest/Space-v0", entry_point="tests.gymnasium_spaces:SpaceEnv")
 
 
 def make(*args, screen_into=False, **kwargs):
