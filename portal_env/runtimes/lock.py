@@ -110,6 +110,26 @@ def requirement_names(requirements: Sequence[str]) -> List[str]:
     return [name for name in map(requirement_name, requirements) if name]
 
 
+def require_modern_python(path: Path, deps: Sequence[str], flag: str) -> None:
+    """Refuse a spec that pins a Python older than portal-env's (3.8) for a backend that runs
+    portal-env's own server in the runtime, naming the pin and the docker route."""
+    for dep in deps:
+        match = _PYTHON_DEP.match(dep.strip()) if isinstance(dep, str) else None
+        if match is None:
+            continue
+        major, minor = (int(part) for part in match.group(1).split("."))
+        if (major, minor) >= (3, 8):
+            continue
+        raise SpecError(
+            f"{path} asks for Python {major}.{minor} ({dep.strip()!r}), but the -b {flag} "
+            "backend runs portal-env's own server inside the runtime, and that needs Python "
+            "3.8 or newer: a runtime with Python 3.8+ is what is missing. For an env that "
+            "needs an old Python (2.7, 3.5-3.7), use the docker backend: `-b docker` with a "
+            "Dockerfile.env FROM an old base image (--base-image), where the small server of "
+            "old runtimes serves it; see examples/ancient_cartpole."
+        )
+
+
 def _python_version(path: Path, dep: str) -> str:
     if dep.strip() == "python":
         return f"{sys.version_info[0]}.{sys.version_info[1]}"

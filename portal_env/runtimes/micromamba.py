@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional
 
 from .. import config
 from ..errors import ChannelError
-from . import condalock, condatools, listing, prefix
+from . import condalock, condatools, listing, lock, prefix
 from .base import Reporter
 from .cache import CachedBackend, package_dir
 from .catalog import EnvSource
@@ -54,7 +54,9 @@ class MicromambaBackend(CachedBackend):
         return condalock.check(source, spec)
 
     def read_spec(self, spec: Path) -> condalock.CondaSpec:
-        return condalock.read_spec(spec)
+        parsed = condalock.read_spec(spec)
+        lock.require_modern_python(spec, parsed.conda, self.flag)
+        return parsed
 
     def runtime_dir(self, source: EnvSource, lock_path: Path) -> Path:
         key = prefix.prefix_key(lock_path, condatools.current_platform(), source.setup_script)

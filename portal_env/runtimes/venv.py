@@ -97,7 +97,9 @@ class VenvBackend(CachedBackend):
         return lock.check_venv_lock(source, spec)
 
     def read_spec(self, spec: Path) -> lock.VenvSpec:
-        return lock.read_spec(spec)
+        parsed = lock.read_spec(spec)
+        lock.require_modern_python(spec, [f"python={parsed.python}"], self.flag)
+        return parsed
 
     def runtime_dir(self, source: EnvSource, lock_path: Path) -> Path:
         key = runtime_key(lock_path, self._python(source, lock_path), source.setup_script)
