@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional, Sequence
 
 import docker
 import pytest
@@ -40,6 +40,10 @@ BASE_PACKAGES = ("python3", "python3-venv", "python3-pip")
 # (cloudpickle, typing-extensions, farama-notifications).
 SERVER_REQUIREMENTS = ("numpy", "gymnasium", "msgpack")
 PYTHON_VERSION = "3.11"  # bookworm's python3
+# Debian 11 for the ancient-runtime tests: python2.7 2.7.18 (python3.9 comes with it).
+BULLSEYE_TAG = "bullseye-py27"
+BULLSEYE_TAR = CACHE / "rootfs-bullseye-py27.tar"
+BULLSEYE_PACKAGES = ("python2.7", "python3")
 DAEMON_WAIT = 60.0  # seconds for a dockerd we start to answer
 
 _client: Optional[docker.DockerClient] = None
@@ -135,23 +139,34 @@ def _tail(path: Path, lines: int = 20) -> str:
 
 def base_image() -> str:
     """Tag of a local bookworm minbase image with python3, venv and pip; imported if missing."""
+    return _imported(BASE_TAG, rootfs_tar)
+
+
+def bullseye_image() -> str:
+    """Tag of a local Debian 11 (bullseye) minbase image with python2.7 (2.7.18) and
+    python3.9, the old distribution of the ancient-runtime tests; imported if missing."""
+    return _imported(BULLSEYE_TAG, bullseye_rootfs_tar)
+
+
+def _imported(tag: str, make_tar: Callable[[], Path]) -> str:
     api = client()
-    if _has_image(api, BASE_IMAGE):
-        return BASE_IMAGE
-    tar = rootfs_tar()
+    image = f"{BASE_REPOSITORY}:{tag}"
+    if _has_image(api, image):
+        return image
+    tar = make_tar()
     with FileLock(str(CACHE / "base-image.lock")):
-        if _has_image(api, BASE_IMAGE):
-            return BASE_IMAGE
+        if _has_image(api, image):
+            return image
         # A path (not a file object) makes docker-py stream it with no read timeout.
         result = api.api.import_image(
             src=str(tar),
             repository=BASE_REPOSITORY,
-            tag=BASE_TAG,
+            tag=tag,
             changes=['ENV LANG="C.UTF-8"', 'CMD ["/bin/bash"]'],
         )
-        if not _has_image(api, BASE_IMAGE):
-            raise RuntimeError(f"docker import of {tar} as {BASE_IMAGE} failed: {result}")
-    return BASE_IMAGE
+        if not _has_image(api, image):
+            raise RuntimeError(f"docker import of {tar} as {image} failed: {result}")
+    return image
 
 
 def _has_image(api: docker.DockerClient, tag: str) -> bool:
@@ -167,29 +182,38 @@ def rootfs_tar() -> Path:
 
     Also usable as the base layer of an image archive written without a daemon.
     """
-    if ROOTFS_TAR.is_file():
-        return ROOTFS_TAR
+    return _rootfs(ROOTFS_TAR, "bookworm", BASE_PACKAGES)
+
+
+def bullseye_rootfs_tar() -> Path:
+    """The cached rootfs tarball of the bullseye image (~40 s of debootstrap, once)."""
+    return _rootfs(BULLSEYE_TAR, "bullseye", BULLSEYE_PACKAGES)
+
+
+def _rootfs(target: Path, suite: str, packages: Sequence[str]) -> Path:
+    if target.is_file():
+        return target
     if os.geteuid() != 0:
-        pytest.skip(f"{ROOTFS_TAR} is missing and making it needs root (debootstrap)")
+        pytest.skip(f"{target} is missing and making it needs root (debootstrap)")
     if shutil.which("debootstrap") is None:
-        pytest.skip(f"{ROOTFS_TAR} is missing and debootstrap is not on PATH to make it")
+        pytest.skip(f"{target} is missing and debootstrap is not on PATH to make it")
     CACHE.mkdir(parents=True, exist_ok=True)
     with FileLock(str(CACHE / "rootfs.lock")):
-        if not ROOTFS_TAR.is_file():
+        if not target.is_file():
             for stale in CACHE.glob("rootfs-build-*"):  # from a killed build; we hold the lock
                 _remove_tree(stale)
-            _build_rootfs_tar()
-    return ROOTFS_TAR
+            _build_rootfs_tar(target, suite, packages)
+    return target
 
 
-def _build_rootfs_tar() -> None:
+def _build_rootfs_tar(target: Path, suite: str, packages: Sequence[str]) -> None:
     # Built in a temp dir next to the target, renamed into place when complete:
     # an interrupted build leaves no half-made tarball under the final name.
     work = Path(tempfile.mkdtemp(prefix="rootfs-build-", dir=CACHE))
     rootfs = work / "rootfs"
     try:
-        command = ["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}"]
-        _run(command + ["bookworm", str(rootfs)], "debootstrap of the base rootfs")
+        command = ["debootstrap", "--variant=minbase", f"--include={','.join(packages)}"]
+        _run(command + [suite, str(rootfs)], f"debootstrap of the {suite} rootfs")
         _unmount_under(work)  # before emptying its dev/: nothing of the host's may be there
         for pattern in ("var/cache/apt/archives/*.deb", "var/lib/apt/lists/*", "dev/*"):
             for path in rootfs.glob(pattern):
@@ -199,7 +223,7 @@ def _build_rootfs_tar() -> None:
                     path.unlink()
         partial = work / "rootfs.tar"
         _run(["tar", "--numeric-owner", "-C", str(rootfs), "-cf", str(partial), "."], "tar")
-        os.replace(partial, ROOTFS_TAR)
+        os.replace(partial, target)
     finally:
         _remove_tree(work)
 
@@ -278,6 +302,43 @@ def dockerfile_env(env_dir: Path, env_main: str) -> Path:
     (env_dir / "env_main.py").write_text(env_main)
     (env_dir / "Dockerfile.env").write_text(CARTPOLE_DOCKERFILE)
     for wheel in wheelhouse(*SERVER_REQUIREMENTS).glob("*.whl"):
+        try:
+            os.link(wheel, env_dir / "wheels" / wheel.name)
+        except OSError:  # another filesystem
+            shutil.copy(wheel, env_dir / "wheels")
+    return env_dir
+
+
+ANCIENT_EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "ancient_cartpole"
+
+
+def py27_wheelhouse() -> Path:
+    """What examples/ancient_cartpole installs under Python 2.7, downloaded on this host by
+    its own fetch_wheels.sh (cached by that script and its requirements.txt)."""
+    script, requirements = ANCIENT_EXAMPLE / "fetch_wheels.sh", ANCIENT_EXAMPLE / "requirements.txt"
+    digest = hashlib.sha256(script.read_bytes() + requirements.read_bytes()).hexdigest()[:16]
+    target = CACHE / f"wheels-py27-{digest}"
+    if target.is_dir():
+        return target
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(CACHE / "wheels.lock")):
+        if target.is_dir():
+            return target
+        work = Path(tempfile.mkdtemp(prefix="wheels-download-", dir=CACHE))
+        try:
+            _run(["sh", str(script), sys.executable, str(work / "wheels")], "fetch_wheels.sh")
+            os.replace(work / "wheels", target)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def ancient_env(env_dir: Path) -> Path:
+    """A copy of examples/ancient_cartpole with the Python 2.7 wheelhouse in its wheels/
+    (so its image builds without network)."""
+    shutil.copytree(ANCIENT_EXAMPLE, env_dir, ignore=shutil.ignore_patterns("wheels"))
+    (env_dir / "wheels").mkdir()
+    for wheel in py27_wheelhouse().iterdir():
         try:
             os.link(wheel, env_dir / "wheels" / wheel.name)
         except OSError:  # another filesystem

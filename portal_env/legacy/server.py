@@ -44,12 +44,21 @@ _NOT_OFFERED = protocol.MEMORY_OPS + protocol.VECTOR_OPS
 class RequestError(Exception):
     """A request this server does not take (answered as an error, the connection lives)."""
 
+    reported_as = "portal_env.errors.ProtocolError"  # what the main server answers
+
+
+class NoEnvError(Exception):
+    """An env request before make."""
+
+    reported_as = "portal_env.errors.PortalEnvError"
+
 
 def _error_reply(exc_type, exc, trace):
     module = getattr(exc_type, "__module__", "")
     name = getattr(exc_type, "__qualname__", exc_type.__name__)
     if module not in ("builtins", "exceptions", "__builtin__"):
         name = "%s.%s" % (module, name)
+    name = getattr(exc_type, "reported_as", name)
     return [protocol.REPLY_ERROR, [_text(name), _text(_message(exc)), _text(trace)]]
 
 
@@ -106,7 +115,7 @@ class Session(object):
 
     def _env(self, op):
         if self.view is None:
-            raise RuntimeError("'%s' before an env was made on this connection" % op)
+            raise NoEnvError("'%s' before an env was made on this connection" % op)
         return self.view
 
     def op_reset(self, seed, options):
@@ -119,17 +128,24 @@ class Session(object):
         return self._env("render").render()
 
     def op_call(self, name, args, kwargs):
-        attr = getattr(self._env("call").env, values.native(name))
+        attr = self.op_get_attr(name)
         if callable(attr):
             return attr(*values.native(args), **values.native(kwargs))
         return attr
 
     def op_get_attr(self, name):
-        return getattr(self._env("get_attr").env, values.native(name))
+        env = self._env("get_attr").env
+        # gymnasium >= 1.0 wrappers no longer forward attribute access; gym's do.
+        getter = getattr(env, "get_wrapper_attr", None)
+        return getter(values.native(name)) if getter else getattr(env, values.native(name))
 
     def op_set_attr(self, name, value):
         env = self._env("set_attr").env
-        setattr(getattr(env, "unwrapped", env), values.native(name), value)
+        setter = getattr(env, "set_wrapper_attr", None)
+        if setter:
+            setter(values.native(name), value)
+        else:
+            setattr(getattr(env, "unwrapped", env), values.native(name), value)
 
     def op_close(self):
         self.finished = True
@@ -195,8 +211,7 @@ class EnvSidePortal(object):
             self.address = channel.parse_address(host, self._listener.getsockname()[1], None)[2]
         self._path = path
         self._lock = threading.Lock()
-        self._connections = set()
-        self._threads = set()
+        self._connections = {}  # connection -> the thread serving it
         self._closed = False
         self._write_ready_file()
 
@@ -238,8 +253,6 @@ class EnvSidePortal(object):
                 raise
             thread = threading.Thread(target=self._serve_connection, args=(sock,))
             thread.daemon = True
-            with self._lock:
-                self._threads.add(thread)
             thread.start()
 
     def _serve_connection(self, sock):
@@ -248,15 +261,13 @@ class EnvSidePortal(object):
         except channel.HandshakeFailed as exc:
             logger.warning("refused a connection: %s", exc)
             sock.close()
-            with self._lock:
-                self._threads.discard(threading.current_thread())
             return
         connection = channel.Connection(sock, self.max_frame_bytes, self.idle_timeout)
         with self._lock:
             if self._closed:
                 connection.close()
                 return
-            self._connections.add(connection)
+            self._connections[connection] = threading.current_thread()
         session = Session(self.env_factory)
         try:
             self._request_loop(connection, session)
@@ -264,8 +275,7 @@ class EnvSidePortal(object):
             session.drop()
             connection.close()
             with self._lock:
-                self._connections.discard(connection)
-                self._threads.discard(threading.current_thread())
+                self._connections.pop(connection, None)
 
     def _request_loop(self, connection, session):
         decoder, encoder = values.Decoder(), values.Encoder()
@@ -298,15 +308,15 @@ class EnvSidePortal(object):
             if self._closed:
                 return
             self._closed = True
-            connections, threads = list(self._connections), list(self._threads)
+            connections = list(self._connections.items())
         try:
             self._listener.shutdown(socket.SHUT_RDWR)
         except socket.error:
             pass
         self._listener.close()
-        for connection in connections:
+        for connection, _ in connections:
             connection.close()
-        for thread in threads:  # each closes its env before the interpreter goes
+        for _, thread in connections:  # each closes its env before the interpreter goes
             thread.join(_CLOSE_WAIT)
         if self._path and os.path.exists(self._path):
             os.unlink(self._path)

@@ -121,7 +121,8 @@ class Encoder(object):
         return msgpack.ExtType(code, nested)
 
     def _array(self, value):
-        array = np.ascontiguousarray(value)
+        # (not ascontiguousarray, which makes a 0-d array 1-d on older numpy)
+        array = value if value.flags.c_contiguous else value.copy(order="C")
         if array.dtype.hasobject or array.dtype.fields is not None:
             raise Unencodable(value)
         shape = array.shape

@@ -12,8 +12,10 @@ network (where agents in other containers reach it by that name, port 7000),
 with port 7000 published on 127.0.0.1 only. The token reaches it as a 0600
 file mounted read-only, never as an environment variable (which `docker
 inspect` shows). This host's portal_env package is mounted over the image's,
-so both sides speak the same protocol. Containers carry labels naming their
-owner and supervisor; one whose supervisor is gone is reaped.
+so both sides speak the same protocol; an image whose Python is older than 3.8
+gets the small server's package instead (`image_python`, `legacy_shim`).
+Containers carry labels naming their owner and supervisor; one whose supervisor
+is gone is reaped.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from .. import config
 from ..errors import BackendUnavailableError, BuildError
 from ..portal import wire
 from ..serving import registry
+from . import image_python
 from .base import Reporter
 from .catalog import EnvSource
 from .image_layout import LIB  # where this host's portal_env package is mounted (as in exports)
@@ -282,11 +285,16 @@ class DockerRuntime:
     backend = "docker"
     local = False  # a container cannot share a Unix socket path with the agent
 
-    def __init__(self, source: EnvSource, image: str, docker_client: Any) -> None:
+    def __init__(
+        self, source: EnvSource, image: str, docker_client: Any, lib: Optional[Path] = None
+    ) -> None:
         self.source = source
         self.image = image
         self.location = image
         self.client = docker_client
+        # The portal_env mounted at LIB: this host's package, or the small server's for an
+        # image whose Python is older than 3.8 (image_python).
+        self.lib = lib or package_dir()
         self.published_port: Optional[int] = None  # kept across restarts when still free
 
     def launch(self, env: Mapping[str, str], log: IO[bytes]) -> ContainerHandle:
@@ -334,7 +342,7 @@ class DockerRuntime:
                 },
                 volumes={
                     str(token_path): {"bind": TOKEN_PATH, "mode": "ro"},
-                    str(package_dir()): {"bind": LIB, "mode": "ro"},
+                    str(self.lib): {"bind": LIB, "mode": "ro"},
                 },
                 labels={
                     LABEL_PORTAL: self.source.name,
@@ -541,7 +549,8 @@ class DockerBackend:
                 f"{source.env_dir} has neither Dockerfile.env nor spec.yml; the docker backend "
                 "builds its image from one of them"
             )
-        return DockerRuntime(source, tag, docker_client)
+        lib = image_python.server_package(docker_client, tag, reporter)
+        return DockerRuntime(source, tag, docker_client, lib)
 
     def _dockerfile_image(
         self, docker_client: Any, source: EnvSource, force: bool, reporter: Reporter
