@@ -15,9 +15,12 @@ follows Shimmy's `GymV21CompatibilityV0` and `GymV26CompatibilityV0`:
 - gym 0.26 and gymnasium: passed through, after stripping gym's default render
   wrappers as Shimmy does.
 
-Two deliberate differences from Shimmy: Discrete's `start` and MultiDiscrete's
-dtype are kept (Shimmy drops them), and with render_mode "rgb_array" a V21 env is
-not rendered after every step (Shimmy renders and discards the frame).
+Deliberate differences from Shimmy: Discrete's `start` and MultiDiscrete's dtype
+are kept (Shimmy drops them); with render_mode "rgb_array" a V21 env is not
+rendered after every step (Shimmy renders and discards the frame); and an old
+env's observation arrays come in their Box's dtype (gym 0.15's CartPole returns
+float64 for a float32 Box, which Gymnasium's check_env refuses), cast only within
+a kind (float to float, int to int).
 
 Spaces are described in the plain form `portal_env.portal.spaces.encode_space`
 makes, so the agent rebuilds exact gymnasium spaces from gym's (or gymnasium's).
@@ -199,6 +202,30 @@ def strip_default_wrappers(env):
     return env
 
 
+def conform(value, space):
+    """value with each array of a Box (in Dict and Tuple too) in that Box's dtype."""
+    kind = _kind(space)
+    if kind == "Box":
+        dtype = space.dtype
+        if isinstance(value, np.ndarray) and value.dtype != dtype:
+            if np.can_cast(value.dtype, dtype, "same_kind"):
+                return value.astype(dtype)
+        return value
+    if kind == "Dict" and isinstance(value, dict):
+        parts = space.spaces
+        return type(value)((k, conform(v, parts[k]) if k in parts else v) for k, v in value.items())
+    if kind == "Tuple" and isinstance(value, tuple) and type(value) is tuple:
+        return tuple(conform(v, s) for v, s in zip(value, space.spaces))
+    return value
+
+
+def _kind(space):
+    for base in type(space).__mro__:
+        if base.__name__ in _DESCRIBERS:
+            return base.__name__
+    return None
+
+
 def terminated_truncated(result):
     """A step result as (obs, reward, terminated, truncated, info), Gymnasium's rule."""
     if len(result) == 5:
@@ -236,6 +263,10 @@ class GymnasiumView(object):
     def reset(self, seed, options):
         if self.api == V26:
             return tuple(self.env.reset(seed=seed, options=options))
+        obs, info = self._reset_old(seed, options)
+        return conform(obs, self.env.observation_space), info
+
+    def _reset_old(self, seed, options):
         if self.api == V22:
             if self._gym_env:  # gym 0.22-0.25 returns (obs, info) when asked
                 result = self.env.reset(seed=seed, options=options, return_info=True)
@@ -252,10 +283,12 @@ class GymnasiumView(object):
         return obs, {}
 
     def step(self, action):
-        result = terminated_truncated(self.env.step(action))
+        if self.api == V26:
+            return tuple(self.env.step(action))
+        obs, reward, terminated, truncated, info = terminated_truncated(self.env.step(action))
         if self.api == V21 and self.render_mode == "human":
             self.render()
-        return result
+        return conform(obs, self.env.observation_space), reward, terminated, truncated, info
 
     def render(self):
         if self.api == V26:
