@@ -52,9 +52,10 @@ def start_server(
     extra_env: Optional[Dict[str, str]] = None,
     script: Path = SERVER_SCRIPT,
     prefix: Sequence[str] = (),
+    python: str = sys.executable,
 ) -> ServerProcess:
-    """Start a test server script (default: the test envs') on a free port, optionally under
-    a command prefix such as prlimit, and wait until it listens."""
+    """Start a test server script (default: the test envs') with python on a free port,
+    optionally under a command prefix such as prlimit, and wait until it listens."""
     ready = tmp / f"ready-{secrets.token_hex(4)}"
     log = tmp / f"server-{secrets.token_hex(4)}.log"
     token = secrets.token_hex(16)
@@ -64,9 +65,7 @@ def start_server(
     env["PORTAL_ENV_SUPERVISED"] = "1"  # this fixture hands out address and token itself
     env.update(extra_env or {})
     with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [*prefix, sys.executable, str(script)], env=env, stdout=out, stderr=out
-        )
+        proc = subprocess.Popen([*prefix, python, str(script)], env=env, stdout=out, stderr=out)
     deadline = time.monotonic() + 30
     while not ready.exists():
         if proc.poll() is not None or time.monotonic() > deadline:

@@ -1,0 +1,145 @@
+"""Old gym APIs, converted by the small server, against Shimmy as the oracle.
+
+A venv with gym 0.26.2 and Shimmy (made once, cached under ~/.cache/portal-env-test or
+$PORTAL_ENV_TEST_CACHE) runs the small server with only the shim `portal_env` on its
+path, as an old runtime does; the agent here must see exactly what Shimmy's
+GymV26CompatibilityV0 / GymV21CompatibilityV0 give in-process in that venv: the same
+gymnasium spaces and the same seeded trajectories (obs, reward, terminated,
+truncated, info). Two known differences are normalised, as the README says: old
+gym's OrderedDict observations arrive as dicts (order kept).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import subprocess
+import sys
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Iterator
+
+import gymnasium
+import pytest
+from filelock import FileLock
+
+from portal_env import AgentSidePortal
+from portal_env.legacy import gymapi
+from portal_env.portal.spaces import encode_space
+from portal_env.runtimes import legacy_shim
+
+from .conftest import ServerProcess, start_server
+from .gymnasium_spaces import all_spaces
+from .test_agent import assert_identical
+from .test_spaces import assert_same_space
+
+CACHE = Path(os.environ.get("PORTAL_ENV_TEST_CACHE") or Path.home() / ".cache" / "portal-env-test")
+SCRIPT = Path(__file__).resolve().parent / "gym_compat_envs.py"
+# gym 0.26.2 needs numpy < 2; Shimmy needs the agent's gymnasium.
+VENV_PACKAGES = (
+    "gym==0.26.2",
+    "numpy==1.26.4",
+    "shimmy==2.0.1",
+    f"gymnasium=={gymnasium.__version__}",
+    "msgpack>=1,<2",
+)
+SPECS = {
+    "v26:CartPole-v1": 300,
+    "v26:Pendulum-v1": 210,  # past its 200-step limit: truncated
+    "v26:FrozenLake-v1": 60,
+    "v26:Blackjack-v1": 40,
+    "v21:CartPole-v1": 300,
+    "v21:Pendulum-v1": 210,  # TimeLimit.truncated becomes truncated
+    "v21:spaces": 12,
+}
+
+
+def gym_python() -> Path:
+    """The Python of a cached venv holding VENV_PACKAGES (made with uv, once)."""
+    key = hashlib.sha256("\n".join(VENV_PACKAGES).encode()).hexdigest()[:16]
+    venv = CACHE / f"venv-gym026-{key}"
+    python = venv / "bin" / "python"
+    if python.exists():
+        return python
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(CACHE / "venv.lock")):
+        if python.exists():
+            return python
+        staging = venv.with_name(venv.name + ".tmp")
+        subprocess.run(["uv", "venv", "-q", "--python", sys.executable, str(staging)], check=True)
+        subprocess.run(
+            ["uv", "pip", "install", "-q", "--python", str(staging / "bin" / "python")]
+            + list(VENV_PACKAGES),
+            check=True,
+        )
+        staging.rename(venv)  # a venv is movable before first use of its scripts only
+    return python
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """The small server in the gym venv, with the shim package as its only portal_env."""
+    tmp = tmp_path_factory.mktemp("gymcompat")
+    shim = legacy_shim.shim_dir(tmp / "shim")
+    handle = start_server(
+        tmp, {"PYTHONPATH": f"{shim}:{SCRIPT.parent}"}, script=SCRIPT, python=str(gym_python())
+    )
+    yield handle
+    handle.stop()
+
+
+def shimmy_view(spec: str, seed: int, steps: int) -> Any:
+    done = subprocess.run(
+        [str(gym_python()), str(SCRIPT), "record", spec, str(seed), str(steps)],
+        capture_output=True,
+        check=True,
+        env=dict(os.environ, PYTHONPATH=str(SCRIPT.parent)),
+    )
+    return pickle.loads(done.stdout)  # our own subprocess's output
+
+
+def plain(value: Any) -> Any:
+    """value with old gym's OrderedDicts as dicts (what Gymnasium's Dict samples are)."""
+    if isinstance(value, OrderedDict):
+        return {k: plain(v) for k, v in value.items()}
+    if type(value) is dict:
+        return {k: plain(v) for k, v in value.items()}
+    if type(value) in (tuple, list):
+        return type(value)(plain(v) for v in value)
+    return value
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_spaces_and_seeded_trajectory_match_shimmy(server, spec):
+    oracle = shimmy_view(spec, 11, SPECS[spec])
+    with AgentSidePortal("old-gym", [spec], **server.kwargs()) as env:
+        assert_same_space(oracle["observation_space"], env.observation_space)
+        assert_same_space(oracle["action_space"], env.action_space)
+        ours = [env.reset(seed=11)]
+        for action in oracle["actions"]:
+            result = env.step(action)
+            ours.append(result)
+            if result[2] or result[3]:
+                ours.append(env.reset())
+    assert_identical(plain(ours), plain(oracle["trajectory"]))
+    assert any(step[2] or step[3] for step in ours if len(step) == 5)  # episodes ended
+
+
+def test_an_old_env_renders_with_the_render_mode_it_was_made_with(server):
+    kwargs = {"render_mode": "rgb_array"}
+    with AgentSidePortal("old-gym", ["v21:CartPole-v1"], kwargs, **server.kwargs()) as env:
+        assert env.render_mode == "rgb_array"
+        env.reset(seed=0)
+        frame = env.render()  # render(mode="rgb_array") on the old env
+        assert frame.shape == (2, 2, 3) and frame.dtype.name == "uint8"
+
+
+def test_the_small_servers_space_descriptions_are_encode_spaces():
+    """Both servers describe a space in one form: the small server's describer (run here on
+    gymnasium spaces) gives what the main server's encode_space gives, for every space
+    gymnasium's own test list holds that old gym has a class for."""
+    for space in all_spaces():
+        if type(space).__name__ == "OneOf":
+            continue
+        assert_identical(gymapi.describe_space(space), encode_space(space))
