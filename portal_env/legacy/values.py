@@ -51,9 +51,25 @@ def padded(n):
     return -(-n // protocol.ALIGN) * protocol.ALIGN
 
 
+_TAGS = {}
+
+
 def _dtype_tag(dtype):
-    text = dtype.str.encode("ascii") if not PY2 else dtype.str
-    return struct.pack("B", len(text)) + text
+    tag = _TAGS.get(dtype)
+    if tag is None:
+        text = dtype.str.encode("ascii") if not PY2 else dtype.str
+        tag = _TAGS[dtype] = struct.pack("B", len(text)) + text
+    return tag
+
+
+def _packer(default=None):
+    # msgpack >= 1.0 preallocates 256 KiB per Packer unless told: small ones, reused.
+    options = {"use_bin_type": True}
+    if default is not None:
+        options.update(default=default, strict_types=True)
+    if msgpack.version >= (1, 0, 0):
+        options["buf_size"] = 1024
+    return msgpack.Packer(**options)
 
 
 class Encoder(object):
@@ -62,6 +78,10 @@ class Encoder(object):
     def __init__(self):
         self._buffers = []
         self._size = 0
+        if PY2:  # every value walked first (text str), then packed
+            self._packer, self._prepare = _packer(), self.walk
+        else:  # msgpack walks, and hands us only what it does not pack itself (2x faster)
+            self._packer, self._prepare = _packer(self._default), _same
         self._walkers = {
             dict: self._dict,
             list: self._list,
@@ -72,7 +92,10 @@ class Encoder(object):
     def encode(self, value):
         self._buffers, self._size = [], 0
         try:
-            meta = msgpack.packb(self.walk(value), use_bin_type=True)
+            meta = self._packer.pack(self._prepare(value))
+        except BaseException:
+            self._packer.reset()  # drop what the failed value left in the packer's buffer
+            raise
         finally:
             buffers, self._buffers = self._buffers, []
         head_len = padded(_U32.size + len(meta))
@@ -107,6 +130,17 @@ class Encoder(object):
             return self._list(value)
         raise Unencodable(value)
 
+    def _default(self, value):
+        """What msgpack (strict types) does not pack itself: arrays, numpy scalars, tuples
+        and graphs, and subclasses of dict and list (Python 3 only)."""
+        if isinstance(value, dict):
+            return dict(value)
+        if type(value) is not tuple and isinstance(value, list):
+            return list(value)
+        if type(value) is tuple:  # the packer is busy with the enclosing value
+            return self._nested(protocol.EXT_TUPLE, value)
+        return self.walk(value)
+
     def _dict(self, value):
         return dict((self.walk(k), self.walk(v)) for k, v in value.items())
 
@@ -117,8 +151,9 @@ class Encoder(object):
         return self._nested(protocol.EXT_TUPLE, value)
 
     def _nested(self, code, items):
-        nested = msgpack.packb([self.walk(item) for item in items], use_bin_type=True)
-        return msgpack.ExtType(code, nested)
+        if PY2:  # walked first: the one packer is free again when this runs
+            return msgpack.ExtType(code, self._packer.pack([self.walk(item) for item in items]))
+        return msgpack.ExtType(code, _nested_packer(self._default)(list(items)))
 
     def _array(self, value):
         # (not ascontiguousarray, which makes a 0-d array 1-d on older numpy)
@@ -135,6 +170,14 @@ class Encoder(object):
         self._buffers.append(data)
         self._size += padded(len(data))
         return msgpack.ExtType(protocol.EXT_ARRAY, header)
+
+
+def _same(value):
+    return value
+
+
+def _nested_packer(default):
+    return _packer(default).pack
 
 
 def _text(value):
