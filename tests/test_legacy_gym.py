@@ -28,6 +28,7 @@ from portal_env import AgentSidePortal
 from portal_env.legacy import gymapi
 from portal_env.portal.spaces import encode_space
 from portal_env.runtimes import legacy_shim
+from portal_env.runtimes.commands import uv_bin
 
 from .conftest import ServerProcess, start_server
 from .gymnasium_spaces import all_spaces
@@ -67,9 +68,10 @@ def gym_python() -> Path:
         if python.exists():
             return python
         staging = venv.with_name(venv.name + ".tmp")
-        subprocess.run(["uv", "venv", "-q", "--python", sys.executable, str(staging)], check=True)
+        uv = uv_bin()
+        subprocess.run([uv, "venv", "-q", "--python", sys.executable, str(staging)], check=True)
         subprocess.run(
-            ["uv", "pip", "install", "-q", "--python", str(staging / "bin" / "python")]
+            [uv, "pip", "install", "-q", "--python", str(staging / "bin" / "python")]
             + list(VENV_PACKAGES),
             check=True,
         )
