@@ -26,6 +26,7 @@ Spaces are described in the plain form `portal_env.portal.spaces.encode_space`
 makes, so the agent rebuilds exact gymnasium spaces from gym's (or gymnasium's).
 """
 
+import inspect
 import logging
 import sys
 
@@ -41,19 +42,14 @@ V21, V22, V26 = "gym<=0.21", "gym 0.22-0.25", "gym 0.26/gymnasium"
 
 def describe_space(space):
     """The plain description of a gym or gymnasium space (encode_space's form)."""
-    name = type(space).__name__
-    describe = _DESCRIBERS.get(name)
-    if describe is None:
-        for base in type(space).__mro__:  # a subclass of a known space
-            describe = _DESCRIBERS.get(base.__name__)
-            if describe is not None:
-                break
-    if describe is None:
+    kind = _kind(space)
+    if kind is None:
+        cls = space.__class__
         raise TypeError(
             "cannot describe a space of type %s.%s; the small server describes %s"
-            % (type(space).__module__, name, ", ".join(sorted(_DESCRIBERS)))
+            % (cls.__module__, cls.__name__, ", ".join(sorted(_DESCRIBERS)))
         )
-    return describe(space)
+    return _DESCRIBERS[kind](space)
 
 
 def _box(space):
@@ -220,7 +216,9 @@ def conform(value, space):
 
 
 def _kind(space):
-    for base in type(space).__mro__:
+    """The known space class space is (or derives from), by name: gym's, gymnasium's, or a
+    look-alike (`__class__` and getmro: Python 2's old-style classes too)."""
+    for base in inspect.getmro(space.__class__):
         if base.__name__ in _DESCRIBERS:
             return base.__name__
     return None

@@ -271,6 +271,8 @@ class EnvSidePortal(object):
         session = Session(self.env_factory)
         try:
             self._request_loop(connection, session)
+        except Exception:  # a fault of this server: say so, close only this connection
+            logger.exception("closing a connection after an internal error")
         finally:
             session.drop()
             connection.close()

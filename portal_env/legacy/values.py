@@ -63,13 +63,13 @@ def _dtype_tag(dtype):
 
 
 def _packer(default=None):
-    # msgpack >= 1.0 preallocates 256 KiB per Packer unless told: small ones, reused.
     options = {"use_bin_type": True}
     if default is not None:
         options.update(default=default, strict_types=True)
-    if msgpack.version >= (1, 0, 0):
-        options["buf_size"] = 1024
-    return msgpack.Packer(**options)
+    try:  # msgpack >= 1.1 preallocates 256 KiB per Packer unless told: small ones, reused
+        return msgpack.Packer(buf_size=1024, **options)
+    except TypeError:  # older msgpack: no buf_size
+        return msgpack.Packer(**options)
 
 
 class Encoder(object):
