@@ -188,3 +188,15 @@ def test_values_of_every_kind_cross_both_ways_exactly(server):
     channel.close()
     assert status == protocol.REPLY_OK
     assert_identical(back, value)
+
+
+def test_a_space_it_cannot_describe_is_named_not_blamed_on_the_arguments():
+    from portal_env.legacy import gymapi
+
+    class Odd:
+        pass
+
+    with pytest.raises(gymapi.UnsupportedSpace, match="Odd; the small server describes Box"):
+        gymapi.describe_space(Odd())
+    reply = legacy_server._error_reply(gymapi.UnsupportedSpace, gymapi.UnsupportedSpace("x"), "")
+    assert reply[1][0] == "portal_env.errors.UnsupportedSpaceError"

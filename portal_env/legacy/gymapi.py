@@ -37,6 +37,12 @@ logger = logging.getLogger(__name__)
 V21, V22, V26 = "gym<=0.21", "gym 0.22-0.25", "gym 0.26/gymnasium"
 
 
+class UnsupportedSpace(Exception):
+    """A space of a class the small server cannot describe."""
+
+    reported_as = "portal_env.errors.UnsupportedSpaceError"  # what the agent sees
+
+
 # -- spaces ------------------------------------------------------------------------------
 
 
@@ -45,7 +51,7 @@ def describe_space(space):
     kind = _kind(space)
     if kind is None:
         cls = space.__class__
-        raise TypeError(
+        raise UnsupportedSpace(
             "cannot describe a space of type %s.%s; the small server describes %s"
             % (cls.__module__, cls.__name__, ", ".join(sorted(_DESCRIBERS)))
         )

@@ -7,7 +7,7 @@ handshake, framing and general codec as the main server, and offers none of its
 extras (fast steps, shared memory, vector envs, frame hooks): the agent learns
 that at the handshake and sends general frames. Each connection gets a thread
 and owns one env, closed when the connection ends. Envs of old gym APIs are
-answered with Gymnasium semantics (`gymnasium_view`).
+answered with Gymnasium semantics (`gymapi.GymnasiumView`).
 """
 
 import logging
