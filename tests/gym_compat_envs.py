@@ -5,7 +5,8 @@ holds the shim `portal_env` only, as an old runtime's would); `python gym_compat
 record SPEC SEED STEPS` prints (pickled, to the test that started it) the spaces and
 the seeded trajectory Shimmy's GymV26CompatibilityV0 / GymV21CompatibilityV0 give.
 
-SPEC is `v26:<gym id>` (gym 0.26's own API), `v21:<gym id>` (the same env behind the
+SPEC is `v26:<gym id>` (gym 0.26's own API), `v25:<gym id>` (gym 0.25's, in a venv
+with gym 0.25.2), `v21:<gym id>` (the same env behind the
 gym <= 0.21 API: seed(), reset() -> obs, step() -> 4 values, render(mode=)), or
 `v21:spaces` (an old-API env whose spaces are every kind old gym has, nested).
 """
@@ -107,7 +108,7 @@ class SpacesEnv:
 
 def make(spec, **kwargs):
     api, _, name = spec.partition(":")
-    if api == "v26":
+    if api in ("v26", "v25"):  # gym's own API, whichever gym this venv has
         return gym.make(name, **kwargs)
     if name == "spaces":
         return SpacesEnv()
@@ -122,7 +123,7 @@ def record(spec, seed, steps):
     env = make(spec)
     if spec.startswith("v26:"):
         shimmed = shimmy.GymV26CompatibilityV0(env=env)
-    else:
+    else:  # gym <= 0.21's API, and gym 0.22-0.25's (it still has seed() and reset() -> obs)
         shimmed = shimmy.GymV21CompatibilityV0(env=env)
     shimmed.action_space.seed(seed)
     actions, out = [], [shimmed.reset(seed=seed)]

@@ -1,12 +1,12 @@
 """Old gym APIs, converted by the small server, against Shimmy as the oracle.
 
-A venv with gym 0.26.2 and Shimmy (made once, cached under ~/.cache/portal-env-test or
-$PORTAL_ENV_TEST_CACHE) runs the small server with only the shim `portal_env` on its
-path, as an old runtime does; the agent here must see exactly what Shimmy's
-GymV26CompatibilityV0 / GymV21CompatibilityV0 give in-process in that venv: the same
-gymnasium spaces and the same seeded trajectories (obs, reward, terminated,
-truncated, info). Two known differences are normalised, as the README says: old
-gym's OrderedDict observations arrive as dicts (order kept).
+A venv with gym 0.26.2 (and one with gym 0.25.2) and Shimmy, made once and cached under
+~/.cache/portal-env-test or $PORTAL_ENV_TEST_CACHE, runs the small server with only the
+shim `portal_env` on its path, as an old runtime does; the agent here must see exactly
+what Shimmy's GymV26CompatibilityV0 / GymV21CompatibilityV0 give in-process in that
+venv: the same gymnasium spaces and the same seeded trajectories (obs, reward,
+terminated, truncated, info). One known difference is normalised, as the README says:
+old gym's OrderedDict observations arrive as dicts (order kept).
 """
 
 from __future__ import annotations
@@ -37,14 +37,12 @@ from .test_spaces import assert_same_space
 
 CACHE = Path(os.environ.get("PORTAL_ENV_TEST_CACHE") or Path.home() / ".cache" / "portal-env-test")
 SCRIPT = Path(__file__).resolve().parent / "gym_compat_envs.py"
-# gym 0.26.2 needs numpy < 2; Shimmy needs the agent's gymnasium.
-VENV_PACKAGES = (
-    "gym==0.26.2",
-    "numpy==1.26.4",
-    "shimmy==2.0.1",
-    f"gymnasium=={gymnasium.__version__}",
-    "msgpack>=1,<2",
-)
+# gym 0.25/0.26 need numpy < 2; Shimmy needs the agent's gymnasium.
+COMMON = ("numpy==1.26.4", "shimmy==2.0.1", f"gymnasium=={gymnasium.__version__}", "msgpack>=1,<2")
+GYMS = {"0.26": ("gym==0.26.2", *COMMON), "0.25": ("gym==0.25.2", *COMMON)}
+# gym 0.22-0.25 (reset(seed=, return_info=), 4-value steps): Shimmy has no wrapper of its
+# own for them; its V21 one drives them through seed() and reset(), the oracle here.
+SPECS_025 = {"v25:CartPole-v1": 300, "v25:Pendulum-v1": 210}
 SPECS = {
     "v26:CartPole-v1": 300,
     "v26:Pendulum-v1": 210,  # past its 200-step limit: truncated
@@ -56,10 +54,11 @@ SPECS = {
 }
 
 
-def gym_python() -> Path:
-    """The Python of a cached venv holding VENV_PACKAGES (made with uv, once)."""
-    key = hashlib.sha256("\n".join(VENV_PACKAGES).encode()).hexdigest()[:16]
-    venv = CACHE / f"venv-gym026-{key}"
+def gym_python(gym: str = "0.26") -> Path:
+    """The Python of a cached venv holding GYMS[gym] (made with uv, once)."""
+    packages = GYMS[gym]
+    key = hashlib.sha256("\n".join(packages).encode()).hexdigest()[:16]
+    venv = CACHE / f"venv-gym{gym.replace('.', '')}-{key}"
     python = venv / "bin" / "python"
     if python.exists():
         return python
@@ -72,28 +71,37 @@ def gym_python() -> Path:
         subprocess.run([uv, "venv", "-q", "--python", sys.executable, str(staging)], check=True)
         subprocess.run(
             [uv, "pip", "install", "-q", "--python", str(staging / "bin" / "python")]
-            + list(VENV_PACKAGES),
+            + list(packages),
             check=True,
         )
         staging.rename(venv)  # a venv is movable before first use of its scripts only
     return python
 
 
+def small_server(tmp: Path, gym: str) -> ServerProcess:
+    """The small server in a gym venv, with the shim package as its only portal_env."""
+    shim = legacy_shim.shim_dir(tmp / "shim")
+    env = {"PYTHONPATH": f"{shim}:{SCRIPT.parent}"}
+    return start_server(tmp, env, script=SCRIPT, python=str(gym_python(gym)))
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """The small server in the gym venv, with the shim package as its only portal_env."""
-    tmp = tmp_path_factory.mktemp("gymcompat")
-    shim = legacy_shim.shim_dir(tmp / "shim")
-    handle = start_server(
-        tmp, {"PYTHONPATH": f"{shim}:{SCRIPT.parent}"}, script=SCRIPT, python=str(gym_python())
-    )
+    handle = small_server(tmp_path_factory.mktemp("gym026"), "0.26")
     yield handle
     handle.stop()
 
 
-def shimmy_view(spec: str, seed: int, steps: int) -> Any:
+@pytest.fixture(scope="module")
+def server025(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    handle = small_server(tmp_path_factory.mktemp("gym025"), "0.25")
+    yield handle
+    handle.stop()
+
+
+def shimmy_view(spec: str, seed: int, steps: int, gym: str = "0.26") -> Any:
     done = subprocess.run(
-        [str(gym_python()), str(SCRIPT), "record", spec, str(seed), str(steps)],
+        [str(gym_python(gym)), str(SCRIPT), "record", spec, str(seed), str(steps)],
         capture_output=True,
         check=True,
         env=dict(os.environ, PYTHONPATH=str(SCRIPT.parent)),
@@ -114,7 +122,16 @@ def plain(value: Any) -> Any:
 
 @pytest.mark.parametrize("spec", SPECS)
 def test_spaces_and_seeded_trajectory_match_shimmy(server, spec):
-    oracle = shimmy_view(spec, 11, SPECS[spec])
+    assert_matches_shimmy(server, spec, SPECS[spec], "0.26")
+
+
+@pytest.mark.parametrize("spec", SPECS_025)
+def test_gym_025_spaces_and_seeded_trajectory_match_shimmy(server025, spec):
+    assert_matches_shimmy(server025, spec, SPECS_025[spec], "0.25")
+
+
+def assert_matches_shimmy(server: ServerProcess, spec: str, steps: int, gym: str) -> None:
+    oracle = shimmy_view(spec, 11, steps, gym)
     with AgentSidePortal("old-gym", [spec], **server.kwargs()) as env:
         assert_same_space(oracle["observation_space"], env.observation_space)
         assert_same_space(oracle["action_space"], env.action_space)
@@ -126,6 +143,7 @@ def test_spaces_and_seeded_trajectory_match_shimmy(server, spec):
                 ours.append(env.reset())
     assert_identical(plain(ours), plain(oracle["trajectory"]))
     assert any(step[2] or step[3] for step in ours if len(step) == 5)  # episodes ended
+    assert "portal-env small server (Python 3." in server.log.read_text()
 
 
 def test_an_old_env_renders_with_the_render_mode_it_was_made_with(server):
