@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, List, Optional, Tuple
 
 from .. import config
-from ..errors import BuildError
 from . import legacy_shim
 from .base import Reporter
 from .cache import package_dir
@@ -68,12 +67,14 @@ def server_package(docker_client: Any, tag: str, reporter: Reporter) -> Path:
     """The directory whose `portal_env` the image's containers import: this host's package,
     or the small server's where the image's Python is older than 3.8."""
     version = python_version(docker_client, tag)
-    if version is None:
-        asked = ", ".join(interpreters(docker_client.images.get(tag)))
-        raise BuildError(
-            f"no Python answers in image {tag} (asked: {asked}): an env image needs Python "
-            "2.7 or 3.5+ to run env_main.py. Install one in its Dockerfile.env."
+    if version is None:  # e.g. a Python only its entrypoint script sets up: as before
+        logger.warning(
+            "no Python answered in image %s (asked: %s, without its entrypoint); its "
+            "containers get this host's portal_env, which needs Python >= 3.8",
+            tag,
+            ", ".join(interpreters(docker_client.images.get(tag))),
         )
+        return package_dir()
     if not legacy_shim.needs_shim(version):
         return package_dir()
     legacy_shim.check_supported(version, f"image {tag}")
