@@ -21,8 +21,9 @@ from .runtimes import catalog, listing
 from .serving import lifecycle, registry, supervisor
 
 BACKEND_HELP = (
-    "Runtime backend: docker (an image and a container), micromamba/mm (a conda prefix) "
-    f"or venv (default: ${lifecycle.BACKEND_VAR}, else {lifecycle.DEFAULT_BACKEND})."
+    "Runtime backend: docker (an image and a container), micromamba/mm (a conda prefix), "
+    "venv, or an image run without a daemon: charliecloud/ch (ch-run) or apptainer "
+    f"(default: ${lifecycle.BACKEND_VAR}, else {lifecycle.DEFAULT_BACKEND})."
 )
 LOCK_BACKEND_HELP = (
     "Which lockfile to write: venv (uv) or micromamba/mm (conda-lock). Default: every "
@@ -94,8 +95,16 @@ def main(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
-def _docker_options(command: Any) -> Any:
-    """--base-image and --ca-bundle, which only the docker backend reads."""
+def _image_options(command: Any) -> Any:
+    """--base-image (docker, charliecloud, apptainer), --ca-bundle (docker) and --image
+    (charliecloud, apptainer)."""
+    command = click.option(
+        "--image",
+        type=click.Path(exists=True, path_type=Path),
+        default=None,
+        help="charliecloud, apptainer: serve this image instead of building one: a SquashFS "
+        "or SIF file, an image directory, or an OCI archive (`portal-env export`).",
+    )(command)
     command = click.option(
         "--ca-bundle",
         type=click.Path(dir_okay=False, exists=True, path_type=Path),
@@ -107,7 +116,9 @@ def _docker_options(command: Any) -> Any:
         "--base-image",
         default=None,
         help="docker: base image (a Dockerfile.env's `ARG BASE_IMAGE`; for an image made "
-        f"from a conda lockfile, default {config.DOCKER_BASE_IMAGE}).",
+        f"from a conda lockfile, default {config.DOCKER_BASE_IMAGE}). charliecloud, "
+        "apptainer: the base the image is built on (a rootfs directory or tarball, a "
+        "`docker save` or OCI archive).",
     )(command)
 
 
@@ -124,7 +135,7 @@ def _docker_options(command: Any) -> Any:
     "hosts; always with a token). Default: a private Unix socket (loopback for docker).",
 )
 @click.option("--ready-timeout", default=120.0, show_default=True, help="Seconds to wait.")
-@_docker_options
+@_image_options
 def start(
     name: str,
     backend: Optional[str],
@@ -135,12 +146,15 @@ def start(
     ready_timeout: float,
     base_image: Optional[str],
     ca_bundle: Optional[Path],
+    image: Optional[Path],
 ) -> None:
     """Build (if needed) and serve env NAME until Ctrl-C, or in the background with -d.
 
     Example: portal-env start -p ./my_env mycart -b venv -d
     """
-    options = dict(backend=backend, force=force, base_image=base_image, ca_bundle=ca_bundle)
+    options = dict(
+        backend=backend, force=force, base_image=base_image, ca_bundle=ca_bundle, image=image
+    )
     if detach:
         with _errors(), Reporter().active() as reporter:
             record = lifecycle.serve(
@@ -153,11 +167,12 @@ def start(
         )
         return
     with _errors(), Reporter().active() as reporter:
-        registry.refuse_running(catalog.find(name, path).name)
+        source = lifecycle.find(name, path, image)
+        registry.refuse_running(source.name)
         runtime = lifecycle.build(name, path=path, reporter=reporter, **options)
     policy = supervisor.Policy(ready_timeout=ready_timeout, host=host)
     with _errors():
-        lifecycle.supervise(catalog.find(name, path), runtime, policy, on_ready=_announce)
+        lifecycle.supervise(source, runtime, policy, on_ready=_announce)
     click.echo(f"stopped portal {name!r}", err=True)
 
 
@@ -175,7 +190,7 @@ def _announce(record: registry.Record) -> None:
 @_backend_option()
 @_path_option
 @click.option("-f", "--force", is_flag=True, help="Rebuild even if the runtime is cached.")
-@_docker_options
+@_image_options
 def build(
     name: Optional[str],
     env_name: Optional[str],
@@ -184,6 +199,7 @@ def build(
     force: bool,
     base_image: Optional[str],
     ca_bundle: Optional[Path],
+    image: Optional[Path],
 ) -> None:
     """Build the runtime of env NAME without serving it (cached: a second build is instant).
 
@@ -195,7 +211,7 @@ def build(
     with _errors(), Reporter().active() as reporter:
         runtime = lifecycle.build(
             name, path=path, backend=backend, force=force, base_image=base_image,
-            ca_bundle=ca_bundle, reporter=reporter,
+            ca_bundle=ca_bundle, image=image, reporter=reporter,
         )  # fmt: skip
     click.echo(f"{name}: {runtime.backend} runtime ready at {runtime.location}")
 

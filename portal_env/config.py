@@ -39,7 +39,7 @@ import stat
 import sys
 import tempfile
 from pathlib import Path
-from typing import Iterator, Mapping, Optional, Union
+from typing import Iterator, List, Mapping, Optional, Union
 
 from .errors import DirectoryError, PortalEnvError
 from .portal.wire import Address
@@ -69,6 +69,9 @@ HANDSHAKE_TIMEOUT_VAR = "PORTAL_ENV_HANDSHAKE_TIMEOUT"
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 IDLE_TIMEOUT_VAR = "PORTAL_ENV_IDLE_TIMEOUT"
 ALLOW_PICKLE_VAR = "PORTAL_ENV_ALLOW_PICKLE"
+# Set by a runtime whose server must not outlive its parent process (ch-run serving the
+# SquashFS image the server runs from): the server asks the kernel for SIGKILL with it.
+DIE_WITH_PARENT_VAR = "PORTAL_ENV_DIE_WITH_PARENT"
 
 
 def spin_us(env: Mapping[str, str] = os.environ) -> float:
@@ -184,31 +187,58 @@ def _read_only(path: Path) -> bool:
 
 
 def state_dir() -> Path:
-    """The user's private portal-env state directory (created 0700)."""
+    """The user's private portal-env state directory (created 0700): $PORTAL_ENV_STATE_DIR,
+    else the platform's (~/.local/state/portal-env), else (a read-only or missing home, as
+    in many containers) a private directory under the temporary directory."""
     explicit = os.environ.get(STATE_DIR_VAR)
     if explicit:
-        path = Path(explicit)
-    else:
-        try:
-            import platformdirs
+        return _private_dir(Path(explicit), STATE_DIR_VAR)
+    try:
+        import platformdirs
 
-            path = Path(platformdirs.user_state_dir("portal-env", appauthor=False))
-        except ImportError:  # a minimal runtime: same place platformdirs picks on Linux
-            base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-            path = Path(base) / "portal-env"
-    return _private_dir(path, STATE_DIR_VAR)
+        path = Path(platformdirs.user_state_dir("portal-env", appauthor=False))
+    except ImportError:  # a minimal runtime: same place platformdirs picks on Linux
+        base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+        path = Path(base) / "portal-env"
+    return _default_dir(path, "state", STATE_DIR_VAR)
 
 
 def cache_dir() -> Path:
-    """The user's cache of built runtimes ($PORTAL_ENV_CACHE_DIR, else the platform's)."""
+    """The user's cache of built runtimes: $PORTAL_ENV_CACHE_DIR, else the platform's
+    (~/.cache/portal-env), else (a read-only or missing home) under the temporary directory."""
     explicit = os.environ.get(CACHE_DIR_VAR)
     if explicit:
-        path = Path(explicit)
-    else:
-        import platformdirs
+        return _private_dir(Path(explicit), CACHE_DIR_VAR)
+    import platformdirs
 
-        path = Path(platformdirs.user_cache_dir("portal-env", appauthor=False))
-    return _private_dir(path, CACHE_DIR_VAR)
+    path = Path(platformdirs.user_cache_dir("portal-env", appauthor=False))
+    return _default_dir(path, "cache", CACHE_DIR_VAR)
+
+
+def _default_dir(path: Path, kind: str, var: str) -> Path:
+    """path made private, or, where it cannot be written (a read-only home), kind in this
+    user's private directory under the temporary directory; a DirectoryError if neither."""
+    try:
+        if not path.is_absolute():  # no $HOME and no passwd entry: "~" stayed as it is
+            raise DirectoryError(f"no home directory to put {path} in")
+        return _private_dir(path, var)
+    except DirectoryError as exc:
+        root = user_tmp_dir()
+        if root is None:
+            raise
+        logger.info("%s; using %s instead", exc, root / kind)
+        return _private_dir(root / kind, var)
+
+
+def user_tmp_dir() -> Optional[Path]:
+    """This user's private directory in /tmp ($TMPDIR), made 0700 if needed; None if the
+    name is taken by someone else or cannot be made. Container runtimes that share the
+    host's /tmp (Charliecloud, Apptainer) see it at the same path."""
+    for path in (Path(tempfile.gettempdir()), Path("/tmp")):
+        candidate = path / f"portal-env-{os.getuid()}"
+        if _socket_dir_usable(candidate):
+            return candidate
+    return None
 
 
 def registry_dir() -> Path:
@@ -251,6 +281,17 @@ def socket_dir() -> Optional[Path]:
         candidates.append(Path(os.environ["XDG_RUNTIME_DIR"]) / "portal-env")
     candidates.append(Path(tempfile.gettempdir()) / f"portal-env-{os.getuid()}")
     candidates.append(Path("/tmp") / f"portal-env-{os.getuid()}")
+    return _short_usable(candidates)
+
+
+def shared_tmp_socket_dir() -> Optional[Path]:
+    """A private socket directory in /tmp itself, for a server in a container runtime that
+    binds the host's /tmp at /tmp (ch-run, apptainer): its socket path is the same inside."""
+    return _short_usable([Path("/tmp") / f"portal-env-{os.getuid()}"])
+
+
+def _short_usable(candidates: List[Path]) -> Optional[Path]:
+    """The first candidate short enough for socket paths that only we can use."""
     for path in candidates:
         if len(os.fsencode(str(path))) > _SOCKET_DIR_MAX:
             logger.warning(

@@ -17,8 +17,12 @@ AVAILABLE: Dict[str, str] = {
     "venv": "portal_env.runtimes.venv:VenvBackend",
     "micromamba": "portal_env.runtimes.micromamba:MicromambaBackend",
     "docker": "portal_env.runtimes.docker:DockerBackend",
+    "charliecloud": "portal_env.runtimes.charliecloud:CharliecloudBackend",
+    "apptainer": "portal_env.runtimes.apptainer:ApptainerBackend",
 }
-ALIASES = {"mm": "micromamba"}
+ALIASES = {"mm": "micromamba", "ch": "charliecloud"}
+# Backends that serve an image with a daemonless container runtime (--image, --base-image).
+IMAGE_BACKENDS = ("charliecloud", "apptainer")
 
 __all__ = [
     "Backend",

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import IO, Mapping, Optional, Protocol, Sequence, runtime_checkable
+from typing import IO, List, Mapping, Optional, Protocol, Sequence, runtime_checkable
 
 from ..portal.wire import Address
 from .catalog import EnvSource
@@ -76,9 +76,11 @@ class Runtime(Protocol):
 
     backend: str
     location: str
-    # The server shares this host's filesystem, so it can listen on a private
-    # Unix socket (faster than TCP loopback); a container cannot.
-    local: bool
+
+    def socket_dir(self) -> Optional[Path]:
+        """A private directory of this node where the server can listen on a Unix socket that
+        agents here reach (faster than TCP loopback), or None: TCP (a container with a
+        filesystem of its own)."""
 
     def launch(self, env: Mapping[str, str], log: IO[bytes]) -> ServerHandle:
         """Start env_main.py in the runtime with extra environment variables env.
@@ -158,6 +160,22 @@ class ProcessHandle:
                 logger.warning("server %s ignored SIGTERM for %.0fs; killing it", self.ident, grace)
         _signal_group(self.proc.pid, signal.SIGKILL)  # stragglers the server left behind
         return self.proc.wait()
+
+
+def child_pids(pid: int) -> List[int]:
+    """The pids of process pid's children (Linux /proc; empty elsewhere or once it is gone)."""
+    found: List[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as file:
+                found += [int(child) for child in file.read().split()]
+        except OSError:
+            continue
+    return found
 
 
 def _signal_group(pgid: int, signum: int) -> None:

@@ -17,7 +17,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from .. import config
 from . import offline
@@ -140,33 +140,54 @@ class CachedBackend:
         """The runtime for source: locked first if it has no lockfile, built only if needed."""
         lock_path = self.lockfile(source, reporter)
         runtime_dir = self.runtime_dir(source, lock_path)
-        with BuildLock(runtime_dir, reporter):
-            if force and runtime_dir.exists():
-                reporter.status(f"removing {runtime_dir} (forced rebuild)")
-                shutil.rmtree(runtime_dir)
-            if is_complete(runtime_dir):
-                logger.debug("%s cache hit: %s", self.name, runtime_dir)
-            else:
-                offline.refuse(source, self.flag, f"{self.what} {runtime_dir}")
-                self._build(source, lock_path, runtime_dir, reporter)
-            info = read_marker(runtime_dir)
+
+        def build() -> Dict[str, Any]:
+            offline.refuse(source, self.flag, f"{self.what} {runtime_dir}", extra=self.flags())
+            info = self.build(source, lock_path, runtime_dir, reporter)
+            return dict(info, lockfile=str(lock_path))
+
+        info = build_once(runtime_dir, build, force=force, reporter=reporter)
+        if info.get("built_now"):
+            reporter.note(f"built {self.what} for {source.name} in {info['seconds']:.1f}s")
         return self.open(source, runtime_dir, info)
 
-    def _build(
-        self, source: EnvSource, lock_path: Path, runtime_dir: Path, reporter: Reporter
-    ) -> None:
+    def flags(self) -> List[str]:
+        """Options beyond `-b FLAG` that a command rebuilding this runtime needs."""
+        return []
+
+
+def build_once(
+    runtime_dir: Path,
+    build: Callable[[], Dict[str, Any]],
+    *,
+    force: bool,
+    reporter: Optional[Reporter],
+) -> Dict[str, Any]:
+    """What runtime_dir's marker records, after build() made it, unless it was complete.
+
+    Under runtime_dir's file lock; force rebuilds. build() fills the new, empty (not yet
+    existing) runtime_dir; whatever it raises (Ctrl-C too) removes runtime_dir, so no
+    half-built runtime is ever left. The info of a build made now has built_now and seconds.
+    """
+    with BuildLock(runtime_dir, reporter):
+        if force and runtime_dir.exists():
+            if reporter is not None:
+                reporter.status(f"removing {runtime_dir} (forced rebuild)")
+            shutil.rmtree(runtime_dir)
+        if is_complete(runtime_dir):
+            logger.debug("cache hit: %s", runtime_dir)
+            return read_marker(runtime_dir)
         if runtime_dir.exists():
             logger.warning("removing the unfinished runtime %s", runtime_dir)
             shutil.rmtree(runtime_dir)
         started = time.monotonic()
         try:
-            info = self.build(source, lock_path, runtime_dir, reporter)
-            write_marker(runtime_dir, dict(info, lockfile=str(lock_path)))
+            info = build()
+            write_marker(runtime_dir, info)
         except BaseException:  # Ctrl-C too: never leave a half-built runtime
             shutil.rmtree(runtime_dir, ignore_errors=True)
             raise
-        seconds = time.monotonic() - started
-        reporter.note(f"built {self.what} for {source.name} in {seconds:.1f}s")
+        return dict(read_marker(runtime_dir), built_now=True, seconds=time.monotonic() - started)
 
 
 def package_dir() -> Path:

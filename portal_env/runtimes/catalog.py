@@ -186,6 +186,23 @@ def _builtin(name: str) -> EnvSource:
     )
 
 
+def in_image(name: str, image: Union[str, Path]) -> EnvSource:
+    """Env name as an image holds it (`--image PATH`): its files are all inside the image,
+    none on this host."""
+    check_name(name)
+    path = Path(image).expanduser().resolve()
+    return EnvSource(
+        name=name,
+        env_dir=path,
+        spec=None,
+        dockerfile=None,
+        setup_script=None,
+        lock_dir=path.parent,
+        lock_stem=name,
+        builtin=name in builtin_names(),
+    )
+
+
 def _optional(path: Path) -> Optional[Path]:
     return path if path.is_file() else None
 

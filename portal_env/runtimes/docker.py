@@ -283,7 +283,6 @@ class DockerRuntime:
     """An image that launches each server in a fresh `env_portal_<name>` container."""
 
     backend = "docker"
-    local = False  # a container cannot share a Unix socket path with the agent
 
     def __init__(
         self, source: EnvSource, image: str, docker_client: Any, lib: Optional[Path] = None
@@ -296,6 +295,10 @@ class DockerRuntime:
         # image whose Python is older than 3.8 (image_python).
         self.lib = lib or package_dir()
         self.published_port: Optional[int] = None  # kept across restarts when still free
+
+    def socket_dir(self) -> Optional[Path]:
+        """None: the container has a filesystem of its own, so the server listens on TCP."""
+        return None
 
     def launch(self, env: Mapping[str, str], log: IO[bytes]) -> ContainerHandle:
         """Start a container serving on port 7000, published on the host's loopback.

@@ -23,7 +23,8 @@ class Entry:
 
     Attributes:
         name: The built-in env's name.
-        backends: Backends its files support, in the order venv, micromamba, docker.
+        backends: Backends its files support, in the order venv, micromamba, docker,
+            charliecloud, apptainer.
         venv_lock: Its venv lock (see lock_state), or '-' (no venv support).
         conda_lock: Its conda lock (see lock_state), or '-' (no micromamba support).
     """
@@ -47,6 +48,8 @@ def backends(source: EnvSource) -> List[str]:
             found.append("micromamba")
     if source.dockerfile is not None or conda_lockable:
         found.append("docker")
+    if conda_lockable:  # an image exported from the conda lock
+        found += ["charliecloud", "apptainer"]
     return found
 
 

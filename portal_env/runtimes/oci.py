@@ -64,6 +64,7 @@ BASE_KINDS = (
     "a root filesystem directory, a root filesystem tarball (.tar or .tar.gz, e.g. from "
     "debootstrap + tar or `docker export`), a `docker save` archive, or an OCI image archive"
 )
+IMAGE_KINDS = "an OCI image archive (e.g. from `portal-env export`) or a `docker save` archive"
 _CHUNK = 1 << 20
 _DOCKER_INDEX = "application/vnd.docker.distribution.manifest.list.v2+json"
 _ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
@@ -107,6 +108,18 @@ class Base:
     layers: List[Layer]
     config: Dict[str, Any] = field(default_factory=dict)
     history: List[Dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Role:
+    """What an archive being read is for, as errors name it."""
+
+    noun: str  # "the base", "the image"
+    kinds: str  # what to give instead
+
+
+BASE = Role("the base", BASE_KINDS)
+IMAGE = Role("the image", IMAGE_KINDS)
 
 
 # -- layers ------------------------------------------------------------------------
@@ -323,9 +336,9 @@ def _read_base(path: Path, blobs_dir: Path) -> Base:
         return Base(path, [layer])
     if not path.is_file():
         raise BuildError(f"base {path} does not exist; give {BASE_KINDS}")
-    with _open_tar(path) as tar:
+    with _open_tar(path, BASE) as tar:
         names = _names(tar)
-        image = _image_archive(path, tar, names)
+        image = _image_archive(path, tar, names, BASE)
         if image is not None:
             layers = [_import_layer(path, tar, names, n, blobs_dir) for n in image[0]]
             return _checked_base(path, layers, image[1])
@@ -344,16 +357,16 @@ def base_diff_ids(path: Path) -> List[str]:
 
 
 @contextlib.contextmanager
-def _damaged(path: Path) -> Iterator[None]:
-    """Errors of a truncated or malformed base, as a BuildError naming it."""
+def _damaged(path: Path, role: Role = BASE) -> Iterator[None]:
+    """Errors of a truncated or malformed archive, as a BuildError naming it."""
     try:
         yield
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
-        raise BuildError(f"cannot read the base {path} ({exc}); give {BASE_KINDS}") from None
+        raise BuildError(f"cannot read {role.noun} {path} ({exc}); give {role.kinds}") from None
     except (KeyError, TypeError, AttributeError) as exc:
         raise BuildError(
-            f"the base {path} is a damaged or unknown kind of image archive (no {exc}); "
-            f"give {BASE_KINDS}"
+            f"{role.noun} {path} is a damaged or unknown kind of image archive (no {exc}); "
+            f"give {role.kinds}"
         ) from None
 
 
@@ -362,8 +375,8 @@ def _base_diff_ids(path: Path) -> List[str]:
         return [sources_diff_id([(path, "/")], keep_owners=True)]
     if not path.is_file():
         raise BuildError(f"base {path} does not exist; give {BASE_KINDS}")
-    with _open_tar(path) as tar:
-        image = _image_archive(path, tar, _names(tar))
+    with _open_tar(path, BASE) as tar:
+        image = _image_archive(path, tar, _names(tar), BASE)
         if image is not None:
             return list((image[1].get("rootfs") or {}).get("diff_ids") or [])
     sink = _Hashing(None)
@@ -372,16 +385,44 @@ def _base_diff_ids(path: Path) -> List[str]:
     return [sink.digest()]
 
 
+@contextlib.contextmanager
+def image_layers(path: Path) -> Iterator[Tuple[Dict[str, Any], Iterator[IO[bytes]]]]:
+    """An image archive's config and its layers as uncompressed tar streams, bottom first.
+
+    For reading an image whole (e.g. to unpack it into a directory); errors name path.
+    """
+    path = Path(path)
+    with _damaged(path, IMAGE):
+        if not path.is_file():
+            raise BuildError(f"the image {path} does not exist (or is not a file)")
+        with _open_tar(path, IMAGE) as tar:
+            names = _names(tar)
+            image = _image_archive(path, tar, names, IMAGE)
+            if image is None:
+                raise BuildError(f"the image {path} is not an image archive; give {IMAGE_KINDS}")
+            layer_names, config = image
+            yield config, (_layer_stream(path, tar, names, name) for name in layer_names)
+
+
+def _layer_stream(path: Path, tar: tarfile.TarFile, names: dict, name: str) -> IO[bytes]:
+    member = _member_file(path, tar, names, name, IMAGE)
+    head = member.read(4)
+    member.seek(0)
+    if head == b"\x28\xb5\x2f\xfd":
+        raise BuildError(f"layer {name} of the image {path} is zstd-compressed: not readable here")
+    return gzip.GzipFile(fileobj=member, mode="rb") if head[:2] == b"\x1f\x8b" else member
+
+
 def _names(tar: tarfile.TarFile) -> Dict[str, tarfile.TarInfo]:
     """An archive's files (and symlinks, which newer `docker save` uses) by normalized name."""
     return {m.name.lstrip("./"): m for m in tar if m.isfile() or m.issym()}
 
 
-def _open_tar(path: Path) -> tarfile.TarFile:
+def _open_tar(path: Path, role: Role) -> tarfile.TarFile:
     try:
         return tarfile.open(path, "r:*")
     except (OSError, tarfile.TarError, EOFError) as exc:
-        raise BuildError(f"cannot read the base {path} ({exc}); give {BASE_KINDS}") from None
+        raise BuildError(f"cannot read {role.noun} {path} ({exc}); give {role.kinds}") from None
 
 
 def _open_stream(path: Path) -> IO[bytes]:
@@ -391,19 +432,23 @@ def _open_stream(path: Path) -> IO[bytes]:
     return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
 
 
-def _member_file(path: Path, tar: tarfile.TarFile, names: dict, name: str) -> IO[bytes]:
+def _member_file(
+    path: Path, tar: tarfile.TarFile, names: dict, name: str, role: Role = BASE
+) -> IO[bytes]:
     member = names.get(name.lstrip("./"))
     extracted = tar.extractfile(member) if member is not None else None
     if extracted is None:
-        raise BuildError(f"the base {path} has no {name} (a damaged image archive?)")
+        raise BuildError(f"{role.noun} {path} has no {name} (a damaged image archive?)")
     return extracted
 
 
-def _member_json(path: Path, tar: tarfile.TarFile, names: dict, name: str) -> Any:
+def _member_json(
+    path: Path, tar: tarfile.TarFile, names: dict, name: str, role: Role = BASE
+) -> Any:
     try:
-        return json.loads(_member_file(path, tar, names, name).read())
+        return json.loads(_member_file(path, tar, names, name, role).read())
     except ValueError as exc:
-        raise BuildError(f"{name} in the base {path} is not valid JSON: {exc}") from None
+        raise BuildError(f"{name} in {role.noun} {path} is not valid JSON: {exc}") from None
 
 
 def _blob_name(digest: str) -> str:
@@ -412,19 +457,19 @@ def _blob_name(digest: str) -> str:
 
 
 def _image_archive(
-    path: Path, tar: tarfile.TarFile, names: dict
+    path: Path, tar: tarfile.TarFile, names: dict, role: Role
 ) -> Optional[Tuple[List[str], dict]]:
     """An OCI or `docker save` archive's layer member names and config; None for a rootfs."""
     if "index.json" in names and "oci-layout" in names:
-        return _oci_image(path, tar, names)
+        return _oci_image(path, tar, names, role)
     if "manifest.json" in names:
-        return _docker_image(path, tar, names)
+        return _docker_image(path, tar, names, role)
     return None
 
 
-def _oci_image(path: Path, tar: tarfile.TarFile, names: dict) -> Tuple[List[str], dict]:
+def _oci_image(path: Path, tar: tarfile.TarFile, names: dict, role: Role) -> Tuple[List[str], dict]:
     """The layer member names and the image config of an OCI archive (this host's image)."""
-    manifest = _member_json(path, tar, names, "index.json")
+    manifest = _member_json(path, tar, names, "index.json", role)
     while manifest.get("mediaType") in (INDEX, _DOCKER_INDEX) or "manifests" in manifest:
         choices = manifest.get("manifests") or []
         if not choices:
@@ -434,19 +479,21 @@ def _oci_image(path: Path, tar: tarfile.TarFile, names: dict) -> Tuple[List[str]
             (m for m in choices if (m.get("platform") or {}).get("architecture") == arch),
             choices[0],
         )
-        manifest = _member_json(path, tar, names, _blob_name(chosen["digest"]))
-    config = _member_json(path, tar, names, _blob_name(manifest["config"]["digest"]))
+        manifest = _member_json(path, tar, names, _blob_name(chosen["digest"]), role)
+    config = _member_json(path, tar, names, _blob_name(manifest["config"]["digest"]), role)
     return [_blob_name(d["digest"]) for d in manifest.get("layers") or []], config
 
 
-def _docker_image(path: Path, tar: tarfile.TarFile, names: dict) -> Tuple[List[str], dict]:
+def _docker_image(
+    path: Path, tar: tarfile.TarFile, names: dict, role: Role
+) -> Tuple[List[str], dict]:
     """The layer member names and the image config of a `docker save` archive."""
-    entries = _member_json(path, tar, names, "manifest.json")
+    entries = _member_json(path, tar, names, "manifest.json", role)
     if not isinstance(entries, list) or not entries:
-        raise BuildError(f"manifest.json in the base {path} lists no image")
+        raise BuildError(f"manifest.json in {role.noun} {path} lists no image")
     if len(entries) > 1:
         logger.warning("%s holds %d images; using the first", path, len(entries))
-    config = _member_json(path, tar, names, entries[0]["Config"])
+    config = _member_json(path, tar, names, entries[0]["Config"], role)
     return list(entries[0].get("Layers") or []), config
 
 
@@ -637,7 +684,7 @@ def _full_name(tag: str) -> str:
 def read_archive(path: Path) -> Dict[str, Union[dict, list]]:
     """index.json, manifest.json, the OCI manifest and the config of an archive written here
     (for checks and tests): keys index, docker_manifest, manifest, config."""
-    with _open_tar(Path(path)) as tar:
+    with _open_tar(Path(path), IMAGE) as tar:
         names = _names(tar)
         index = _member_json(path, tar, names, "index.json")
         manifest = _member_json(path, tar, names, _blob_name(index["manifests"][0]["digest"]))

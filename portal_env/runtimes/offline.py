@@ -14,7 +14,7 @@ import logging
 import os
 import shlex
 import socket
-from typing import Optional
+from typing import Optional, Sequence
 
 from ..errors import BuildError
 from .catalog import EnvSource
@@ -41,15 +41,17 @@ def reason() -> Optional[str]:
     return None
 
 
-def command(verb: str, source: EnvSource, backend: str) -> str:
-    """The portal-env command that makes what an offline node lacks."""
+def command(verb: str, source: EnvSource, backend: str, extra: Sequence[str] = ()) -> str:
+    """The portal-env command that makes what an offline node lacks (extra: more options)."""
     parts = ["portal-env", verb]
     parts += ["-e", source.name] if verb == "build" else [source.name]
     parts += [] if source.builtin else ["-p", str(source.env_dir)]
-    return shlex.join(parts + ["-b", backend])
+    return shlex.join(parts + ["-b", backend] + (list(extra) if verb == "build" else []))
 
 
-def refuse(source: EnvSource, backend: str, missing: str, verb: str = "build") -> None:
+def refuse(
+    source: EnvSource, backend: str, missing: str, verb: str = "build", extra: Sequence[str] = ()
+) -> None:
     """Raise BuildError at once if this node is offline; missing says what is not cached."""
     why = reason()
     if why is None:
@@ -58,6 +60,6 @@ def refuse(source: EnvSource, backend: str, missing: str, verb: str = "build") -
     where = f" with the same PORTAL_ENV_CACHE_DIR={cache}" if cache else " with the same cache"
     raise BuildError(
         f"cannot {verb} {missing} of {source.name!r} on this node: it is offline ({why}). "
-        f"Run `{command(verb, source, backend)}` on a node with network{where}, then start "
+        f"Run `{command(verb, source, backend, extra)}` on a node with network{where}, then start "
         "it here again."
     )

@@ -178,7 +178,6 @@ class PrefixRuntime(VenvRuntime):
     """A finished conda prefix that launches env_main.py with its own, activated Python."""
 
     backend = "micromamba"
-    local = True
 
     def __init__(
         self, source: EnvSource, prefix: Path, package_dir: Path, activation: Activation

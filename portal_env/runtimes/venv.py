@@ -39,13 +39,16 @@ class VenvRuntime:
     """A finished venv that launches env_main.py with its own Python."""
 
     backend = "venv"
-    local = True
 
     def __init__(self, source: EnvSource, venv_dir: Path, package_dir: Path) -> None:
         self.source = source
         self.venv_dir = venv_dir
         self.package_dir = package_dir
         self.location = str(venv_dir)
+
+    def socket_dir(self) -> Optional[Path]:
+        """The node's private socket directory: the server shares this host's filesystem."""
+        return config.socket_dir()
 
     @property
     def python(self) -> Path:

@@ -24,6 +24,7 @@ def main(job_text: str) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     job = json.loads(job_text)
     path = Path(job["path"]) if job.get("path") else None
+    image = Path(job["image"]) if job.get("image") else None
     try:
         runtime = lifecycle.build(
             job["name"],
@@ -31,13 +32,14 @@ def main(job_text: str) -> int:
             backend=job["backend"],
             base_image=job.get("base_image"),
             ca_bundle=Path(job["ca_bundle"]) if job.get("ca_bundle") else None,
+            image=image,
         )
         token = os.environ.get(config.TOKEN_VAR) if job.get("token_from_env") else None
         policy = supervisor.Policy(
             ready_timeout=job["ready_timeout"], host=job.get("host"), token=token
         )
         lifecycle.supervise(
-            lifecycle.find(job["name"], path),
+            lifecycle.find(job["name"], path, image),
             runtime,
             policy,
             lifeline_fd=job.get("lifeline_fd"),

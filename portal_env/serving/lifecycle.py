@@ -42,11 +42,18 @@ def default_backend() -> str:
     return os.environ.get(BACKEND_VAR) or DEFAULT_BACKEND
 
 
-def find(name: str, path: Optional[Path] = None) -> EnvSource:
-    """The files of env name: the custom directory path, else the built-in env."""
+def find(name: str, path: Optional[Path] = None, image: Optional[Path] = None) -> EnvSource:
+    """The files of env name: the custom directory path, else the built-in env; with image,
+    the env an image holds (its files are in the image)."""
     from ..runtimes import catalog
 
-    return catalog.find(name, path)
+    if image is None:
+        return catalog.find(name, path)
+    if path is not None:
+        raise CatalogError(
+            f"--image {image} serves the env inside the image; -p {path} does not apply"
+        )
+    return catalog.in_image(name, image)
 
 
 def find_name(name: str) -> str:
@@ -114,6 +121,7 @@ def build(
     force: bool = False,
     base_image: Optional[str] = None,
     ca_bundle: Optional[Path] = None,
+    image: Optional[Path] = None,
     reporter: Optional[Reporter] = None,
 ) -> Runtime:
     """The runtime of env name, built (or rebuilt with force) only when needed.
@@ -121,17 +129,23 @@ def build(
     Args:
         name: A built-in env, or the name to give the custom env at path.
         path: A custom env directory (env_main.py plus spec.yml and/or Dockerfile.env).
-        backend: "venv", "micromamba" (or "mm") or "docker" (default: default_backend()).
+        backend: "venv", "micromamba" (or "mm"), "docker", "charliecloud" (or "ch") or
+            "apptainer" (default: default_backend()).
         force: Rebuild even if a runtime of the same inputs is cached.
-        base_image: docker: the base image (a Dockerfile.env's `ARG BASE_IMAGE`).
+        base_image: docker: the base image (a Dockerfile.env's `ARG BASE_IMAGE`);
+            charliecloud, apptainer: the base the image is built on (a rootfs directory
+            or tarball, a `docker save` or OCI archive).
         ca_bundle: docker: a CA bundle put in the build context.
+        image: charliecloud, apptainer: serve this image (a SquashFS or SIF file, an image
+            directory, an OCI archive) instead of building one; path does not apply.
         reporter: Where progress goes (default: the log).
     """
-    source = find(name, path)
+    source = find(name, path, image)
     chosen = canonical(backend or default_backend())
-    require_support(source, chosen)
-    docker_options = {"base_image": base_image, "ca_bundle": ca_bundle}
-    options = {k: v for k, v in docker_options.items() if v is not None}
+    if image is None:
+        require_support(source, chosen)
+    given = {"base_image": base_image, "ca_bundle": ca_bundle, "image": image}
+    options = {k: str(v) if k == "image" else v for k, v in given.items() if v is not None}
     return get(chosen, **options).ensure(source, force=force, reporter=reporter or LogReporter())
 
 
@@ -255,12 +269,13 @@ def serve(
     ready_timeout: float = 120.0,
     base_image: Optional[str] = None,
     ca_bundle: Optional[Path] = None,
+    image: Optional[Path] = None,
     reporter: Optional[Reporter] = None,
 ) -> Portal:
     """Build env name's runtime if needed, start its supervised server, wait until ready.
 
     Args:
-        name, path, backend, force, base_image, ca_bundle, reporter: as for build().
+        name, path, backend, force, base_image, ca_bundle, image, reporter: as for build().
         detach: Keep serving after this process ends (like `portal-env start -d`);
             otherwise the portal stops when the returned Portal's block is left, when
             stop() is called, or when this process ends.
@@ -273,7 +288,7 @@ def serve(
     Returns:
         The running Portal; portal.make(...) and portal.make_vec(...) make envs on it.
     """
-    source = find(name, path)
+    source = find(name, path, image)
     _check_token(token)
     registry.refuse_running(source.name)
     backend = canonical(backend or default_backend())
@@ -284,6 +299,7 @@ def serve(
         force=force,
         base_image=base_image,
         ca_bundle=ca_bundle,
+        image=image,
         reporter=reporter,
     )
     job = {
@@ -294,6 +310,7 @@ def serve(
         "ready_timeout": ready_timeout,
         "base_image": base_image,
         "ca_bundle": str(ca_bundle) if ca_bundle is not None else None,
+        "image": str(image) if image is not None else None,
         "token_from_env": token is not None,
     }
     env = dict(os.environ)

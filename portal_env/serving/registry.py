@@ -315,15 +315,15 @@ def _remote(path: Path) -> Optional[Record]:
 def _remove_socket(address: Optional[str]) -> None:
     """A killed supervisor leaves its server's Unix socket file behind.
 
-    Only a socket file directly in our private socket directory is removed:
-    a record is a file, and whoever could write it must not get to name
-    another file for us to delete.
+    Only a socket file directly in one of our private socket directories (the node's, or
+    the one in /tmp that container runtimes share) is removed: a record is a file, and
+    whoever could write it must not get to name another file for us to delete.
     """
     if not (isinstance(address, str) and address.startswith("unix:")):
         return
     path = Path(address[len("unix:") :])
-    directory = config.socket_dir()
-    if directory is None or os.path.realpath(path.parent) != os.path.realpath(directory):
+    ours = {os.path.realpath(d) for d in (config.socket_dir(), config.shared_tmp_socket_dir()) if d}
+    if os.path.realpath(path.parent) not in ours:
         logger.warning("not removing %s: it is outside the private socket directory", path)
         return
     try:
