@@ -9,6 +9,7 @@ import stat
 import struct
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -155,3 +156,24 @@ def test_fast_step_before_make_or_unknown_kind_closes_only_that_connection(serve
     assert recv_all(channel.sock) == b""
     with AgentSidePortal("custom", ["CartPole-v1"], **server.kwargs()) as env:
         env.reset()
+
+
+def test_large_frame_with_an_empty_part_is_sent_whole():
+    # A fast step reply over a socket is [header, observation, info]; an empty part once
+    # made the sender loop forever on sendmsg() returning 0 (seen with a small /dev/shm).
+    left, right = socket.socketpair()
+    sender, receiver = Channel(left), Channel(right)
+    big = bytes(range(256)) * 8192  # 2 MiB: sent with sendmsg, in several pieces
+    done = []
+
+    def send():
+        sender.send_parts(wire.FAST_REPLY, [big, b"", b"tail", b""], len(big) + 4)
+        done.append(True)
+
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    kind, payload = receiver.recv_frame()
+    thread.join(10)
+    assert done and kind == wire.FAST_REPLY and bytes(payload) == big + b"tail"
+    sender.close()
+    receiver.close()

@@ -383,10 +383,11 @@ class Channel:
             self._sendmsg_all([_HEADER.pack(size, kind), *parts])
 
     def _sendmsg_all(self, parts: list) -> None:
-        views = [memoryview(p).cast("B") for p in parts]
+        # Empty parts are left out: sendmsg() of them alone sends 0 bytes, forever.
+        views = [view for view in (memoryview(p).cast("B") for p in parts) if view.nbytes]
         while views:
             sent = self.sock.sendmsg(views[:512])  # stay under IOV_MAX
-            while sent and views:
+            while sent:
                 if sent >= views[0].nbytes:
                     sent -= views[0].nbytes
                     views.pop(0)
