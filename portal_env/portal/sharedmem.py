@@ -10,10 +10,16 @@ nothing is left behind (a server killed in between leaves one file). The
 server never maps a file a peer names. An agent that cannot map it (another
 host, a container without the host's /dev/shm) declines, and observations go
 through the socket.
+
+The file's memory is reserved when it is made: /dev/shm is a size-limited tmpfs (64 MB
+in a Docker container by default), and a mapping of a sparse file that outgrows it
+kills whoever touches the missing page (SIGBUS). When it does not fit, no mapping is
+offered and the socket carries observations.
 """
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import shutil
@@ -39,13 +45,26 @@ def create(size: int) -> Tuple[str, mmap.mmap]:
     try:
         fd, path = tempfile.mkstemp(prefix=_PREFIX, dir=directory)  # 0600
         try:
-            os.ftruncate(fd, size)
+            reserve(fd, size)
             return path, mmap.mmap(fd, size)
         finally:
             os.close(fd)
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)
         raise
+
+
+def reserve(fd: int, size: int) -> None:
+    """Size the file fd to size bytes, all of them allocated now: an OSError (ENOSPC) if its
+    file system cannot hold them, rather than SIGBUS at a later write into the mapping."""
+    os.ftruncate(fd, size)
+    allocate = getattr(os, "posix_fallocate", None)
+    if allocate is not None:  # not on macOS, whose /dev/shm is no tmpfs anyway
+        try:
+            allocate(fd, 0, size)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
 
 
 def remove(path: str) -> None:

@@ -3,11 +3,14 @@
 Workers write each instance's observation straight into its row, so a step's
 batch is assembled once, in place, with no copy through a pipe. The memory is
 an anonymous file (memfd) or, where there is none, a temporary file unlinked
-as soon as it is made: nothing is left in /dev/shm whoever dies first.
+as soon as it is made: nothing is left in /dev/shm whoever dies first. It is
+allocated when it is sized (see sharedmem.reserve): where it does not fit, the
+workers send observations through their pipes instead.
 """
 
 from __future__ import annotations
 
+import logging
 import mmap
 import os
 import tempfile
@@ -15,6 +18,8 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 from gymnasium import spaces as gs
+
+logger = logging.getLogger(__name__)
 
 _FIXED = (gs.Box, gs.Discrete, gs.MultiBinary, gs.MultiDiscrete)
 _ALIGN = 64  # a cache line: rows of two leaves never share one
@@ -48,6 +53,19 @@ def anonymous_file(size: int) -> int:
         os.unlink(path)
     os.ftruncate(fd, max(size, 1))
     return fd
+
+
+def reserve(fd: int, size: int) -> bool:
+    """Size anonymous_file fd to size bytes, allocated now; False (logged) if the memory is
+    not there, and then no batch is shared."""
+    from ..sharedmem import reserve as allocate
+
+    try:
+        allocate(fd, size)
+    except OSError as exc:
+        logger.warning("no shared batch of %d bytes (%s); workers send observations", size, exc)
+        return False
+    return True
 
 
 class SharedBatch:

@@ -144,13 +144,13 @@ class HostedVectorEnv:
             self.facts = self.workers[0].facts
             space = self.facts["observation_space"]
             size = batchmem.batch_bytes(space, self.num_envs)
-            if size is not None:
-                os.ftruncate(fd, size)
+            if size is not None and batchmem.reserve(fd, size):
                 self.batch = batchmem.SharedBatch(space, self.num_envs, fd)
                 if self.local is not None:
                     self.local.out = self.batch.rows(own.start, own.stop)  # type: ignore[union-attr]
+            shared = space if self.batch is not None else None  # None: no batch to write into
             for worker in self.workers:
-                worker.send("attach", (fd, space if size is not None else None, self.num_envs))
+                worker.send("attach", (fd, shared, self.num_envs))
             workers.gather(self.workers, "attach")
         except BaseException:
             self.close()

@@ -1,0 +1,77 @@
+"""A small /dev/shm (Docker's default is 64 MB): observations that do not fit in shared
+memory go through the socket, exactly, instead of killing a process with SIGBUS.
+
+Each case runs in a mount namespace of its own (`unshare --mount`, root) whose /dev/shm
+is a fresh 8 MB tmpfs, so the machine's /dev/shm is never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHM_SIZE = "8m"
+
+# Runs inside the namespace: a server and an agent stepping 16 MB observations (a ring of
+# three slots: 48 MB of shared memory asked for) and a 4-env make_vec of them (64 MB batch).
+AGENT = """
+import numpy as np
+from portal_env import AgentSidePortal
+from portal_env.portal.multivec import make_vec
+from tests import envs
+from tests.conftest import start_server
+from pathlib import Path
+import sys
+
+server = start_server(Path(sys.argv[1]))
+try:
+    env = AgentSidePortal("big", ["PortalTest/Big-v0"], **server.kwargs())
+    local = envs.make("PortalTest/Big-v0")
+    np.testing.assert_array_equal(env.reset(seed=3)[0], local.reset(seed=3)[0])
+    for action in (0, 1, 0):
+        np.testing.assert_array_equal(env.step(action)[0], local.step(action)[0])
+    print("shared memory in use:", env._client.layout.shm is not None)
+    env.close()
+    vec = make_vec("big", 4, ["PortalTest/Big-v0"], **server.kwargs())
+    obs, _ = vec.reset(seed=5)
+    expected = [envs.make("PortalTest/Big-v0").reset(seed=5 + i)[0] for i in range(4)]
+    np.testing.assert_array_equal(obs, np.stack(expected))
+    vec.step(np.zeros(4, dtype=np.int64))
+    vec.close()
+    print("OK")
+finally:
+    server.stop()
+print(open(server.log).read(), file=sys.stderr)
+"""
+
+
+def _mount_namespaces() -> bool:
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return False
+    done = subprocess.run(["unshare", "--mount", "true"], capture_output=True)
+    return done.returncode == 0
+
+
+@pytest.mark.skipif(not _mount_namespaces(), reason="needs root and unshare --mount")
+def test_observations_larger_than_dev_shm_go_through_the_socket(tmp_path: Path):
+    script = tmp_path / "agent.py"
+    script.write_text(AGENT)
+    shell = (
+        f"mount -t tmpfs -o size={SHM_SIZE},mode=1777 tmpfs /dev/shm && "
+        f'exec "{sys.executable}" "{script}" "{tmp_path}"'
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", shell],
+        capture_output=True, text=True, timeout=240, env=env, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr[-3000:]}"
+    assert "OK" in done.stdout
+    assert "shared memory in use: False" in done.stdout  # 48 MB does not fit in 8 MB
+    assert "no shared memory for observations" in done.stderr  # the server said why
