@@ -21,6 +21,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from ..errors import LockError, SpecError
 from .catalog import EnvSource
+from .commands import tool_environment
 
 logger = logging.getLogger(__name__)
 
@@ -258,6 +259,7 @@ def uv_compile(
         capture_output=True,
         text=True,
         cwd=source.env_dir,
+        env=tool_environment(),
     )
 
 
