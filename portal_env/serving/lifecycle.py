@@ -31,7 +31,7 @@ from ..errors import BackendUnavailableError, CatalogError, PortalEnvError, Serv
 from ..runtimes import Reporter, Runtime, canonical, get
 from ..runtimes.base import LogReporter
 from ..runtimes.catalog import EnvSource
-from . import registry, supervisor
+from . import reaper, registry, supervisor
 
 BACKEND_VAR = "PORTAL_ENV_BACKEND"
 DEFAULT_BACKEND = "docker"  # the seed's default
@@ -397,10 +397,15 @@ def supervise(
     lifeline_fd: Optional[int] = None,
 ) -> None:
     """Run a supervisor in this process until Ctrl-C, SIGTERM, SIGHUP or the lifeline
-    closes; call from the main thread. Stops its server before returning."""
+    closes; call from the main thread. Stops its server before returning.
+
+    The process becomes the reaper of its server's orphans (see reaper): call this only
+    in a process of its own (the CLI's `start`, `python -m portal_env.serving`).
+    """
     handlers = {signum: signal.signal(signum, _interrupt) for signum in _STOP_SIGNALS}
     try:
         with supervisor.Supervisor(source.name, runtime, source.env_dir, policy) as sup:
+            sup.reaps_orphans = reaper.become_subreaper()
             if lifeline_fd is not None:
                 supervisor.stop_when_closed(sup, lifeline_fd)
             try:

@@ -30,7 +30,7 @@ from .. import config
 from ..errors import PortalEnvError, ServerStartError, SupervisorError
 from ..portal import wire
 from ..runtimes.base import Runtime, ServerHandle
-from . import registry
+from . import reaper, registry
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +94,9 @@ class Supervisor:
         self._deaths: Deque[float] = collections.deque()
         self._stopping = False
         self._closed = False
+        # Set by a supervisor process that adopted its server's orphans (reaper): they are
+        # reaped as they exit (with no init in a container, nobody else would).
+        self.reaps_orphans = False
 
     def start(self) -> registry.Record:
         """Claim the name, launch the server and wait until it answers; the ready record."""
@@ -115,6 +118,7 @@ class Supervisor:
     def watch(self) -> None:
         """Restart the server whenever it dies, until stop() or until giving up."""
         while not self._stopping:
+            self._reap()
             code = self.handle.poll() if self.handle is not None else None
             if code is None:
                 time.sleep(0.1)
@@ -134,6 +138,8 @@ class Supervisor:
         if self.handle is not None:
             code = self.handle.stop(self.policy.stop_grace)
             self._event(f"server {self.handle.ident} stopped (exit code {code})")
+        if self.reaps_orphans:  # what the server's group left, just killed: let it exit
+            reaper.reap_until_none(timeout=1.0)
         if self.record is not None:
             registry.release(self.name, self.record.supervisor_pid)
         self.ready_file.unlink(missing_ok=True)
@@ -141,6 +147,11 @@ class Supervisor:
             Path(self.socket_path).unlink(missing_ok=True)
         if self._log is not None:
             self._log.close()
+
+    def _reap(self) -> None:
+        if self.reaps_orphans:
+            server = self.handle.pid if self.handle is not None else None
+            reaper.reap(keep=() if server is None else (server,))
 
     def __enter__(self) -> Supervisor:
         return self
