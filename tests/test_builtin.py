@@ -84,10 +84,11 @@ def test_backends_follow_the_files(tmp_path):
     assert listing.backends(catalog.find("e", env_dir)) == ["docker"]
     (env_dir / "Dockerfile.env").unlink()
     (env_dir / "spec.yml").write_text("dependencies:\n  - python=3.11\n  - pip:\n      - gym\n")
-    assert listing.backends(catalog.find("e", env_dir)) == ["venv", "micromamba", "docker"]
+    images = ["charliecloud", "apptainer"]  # an image exported from the conda lock
+    assert listing.backends(catalog.find("e", env_dir)) == ["venv", "micromamba", "docker", *images]
     (env_dir / "spec.yml").write_text("dependencies:\n  - python=3.11\n  - cmake\n")
     (env_dir / "Dockerfile.env").write_text("FROM scratch\n")
-    assert listing.backends(catalog.find("e", env_dir)) == ["micromamba", "docker"]
+    assert listing.backends(catalog.find("e", env_dir)) == ["micromamba", "docker", *images]
     (env_dir / "spec.yml").write_text(
         "dependencies:\n  - cmake\n  - pip:\n      - x @ git+https://example.org/x.git\n"
     )

@@ -209,7 +209,12 @@ class ImageRuntime:
 
     def launch(self, env: Mapping[str, str], log: IO[bytes]) -> ServerHandle:
         """Start env_main.py in the image, with the supervisor's variables env."""
-        launch = Launch(
+        return self.tool.start(self.plan(env), log)
+
+    def plan(self, env: Mapping[str, str]) -> Launch:
+        """What launch() asks the tool to run: the image's env_main.py with its own Python,
+        this host's portal_env bound over the image's, and the server's variables env."""
+        return Launch(
             image=self.image,
             kind=self.kind,
             workdir=self._workdir(),
@@ -217,7 +222,6 @@ class ImageRuntime:
             binds=((str(package_dir()), LIB),),
             env=dict(env),
         )
-        return self.tool.start(launch, log)
 
     def _workdir(self) -> str:
         """The env's directory in the image; for a built-in env, whose libraries write

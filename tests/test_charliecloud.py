@@ -1,0 +1,303 @@
+"""`-b charliecloud` (`-b ch`): an exported image served by a real ch-run (Charliecloud 0.31
+here), no daemon: built from a conda lockfile over the Docker tests' debootstrap rootfs,
+or given with --image as an OCI archive, a directory or a SquashFS file.
+
+These run as the test process's user (root in CI); tests/test_whole_job.py runs the
+whole job under ch-run as an unprivileged user.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, Iterator, List
+
+import gymnasium
+import numpy as np
+import pytest
+
+from portal_env import AgentSidePortal
+from portal_env.runtimes.base import child_pids
+from portal_env.serving import registry
+
+from .conda_channel import build_channel, locked_cartpole
+from .conftest import CLI, ROOT, cli, pid_alive, wait_gone
+
+pytestmark = [
+    pytest.mark.charliecloud,
+    pytest.mark.skipif(shutil.which("ch-run") is None, reason="Charliecloud's ch-run is missing"),
+    pytest.mark.usefixtures("reap_portals"),
+]
+NAME = "chcart"
+
+
+@pytest.fixture(scope="module")
+def conda_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """CartPole with a spec of a local channel whose python is Debian's /usr/bin/python3.11,
+    which the debootstrap base has too (as in tests/test_docker.py)."""
+    debian_python = Path("/usr/bin/python3.11")
+    if not debian_python.is_file():
+        pytest.skip(f"{debian_python} (the base image's interpreter) is not on this host")
+    root = tmp_path_factory.mktemp("conda-ch")
+    channel = build_channel(root, python=debian_python)
+    return locked_cartpole(root / NAME, channel, python="3.11")
+
+
+@pytest.fixture(scope="module")
+def rootfs() -> Path:
+    from . import dockerhost  # needs no daemon: only debootstrap, once, cached
+
+    return dockerhost.rootfs_tar()
+
+
+@pytest.fixture(params=["squash", "dir"])
+def image_form(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("PORTAL_ENV_CH_IMAGE", request.param)
+    return request.param
+
+
+def build_args(conda_env: Path, rootfs: Path) -> List[str]:
+    return ["-p", str(conda_env), "-b", "ch", "--base-image", str(rootfs)]
+
+
+def built_image(conda_env: Path, rootfs: Path) -> Path:
+    """The image `build -b ch` made (or finds in the cache), by the path it prints."""
+    done = cli("build", NAME, *build_args(conda_env, rootfs), timeout=900)
+    assert done.returncode == 0, done.stderr
+    return Path(done.stdout.strip().rsplit(" ", 1)[-1])
+
+
+def trajectory(env: gymnasium.Env, steps: int = 60) -> list:
+    obs, _ = env.reset(seed=7)
+    out = [obs]
+    for t in range(steps):
+        obs, reward, terminated, truncated, _ = env.step((t // 3) % 2)
+        out += [obs, reward, terminated, truncated]
+        if terminated or truncated:
+            obs, _ = env.reset()
+            out.append(obs)
+    return out
+
+
+def assert_bit_identical(env: gymnasium.Env) -> None:
+    ours, theirs = trajectory(env), trajectory(gymnasium.make("CartPole-v1"))
+    assert len(ours) == len(theirs)
+    for a, b in zip(ours, theirs):
+        assert type(a) is type(b) and np.asarray(a).dtype == np.asarray(b).dtype
+        assert np.array_equal(a, b)
+
+
+def server_processes(record: registry.Record) -> List[int]:
+    """ch-run and the env server: one process for a directory image (ch-run execs the
+    server), ch-run and its child for a SquashFS image (ch-run serves the mount)."""
+    return [record.server_pid] + child_pids(record.server_pid)
+
+
+def mounts() -> str:
+    with open("/proc/self/mounts") as f:
+        return f.read()
+
+
+def wait_record(check, seconds: float = 60) -> registry.Record:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        record = registry.get(NAME)
+        if record is not None and check(record):
+            return record
+        time.sleep(0.1)
+    raise AssertionError(f"no record of {NAME} as expected within {seconds}s: {registry.get(NAME)}")
+
+
+def test_exported_image_is_served_restarted_and_stopped_clean(
+    conda_env: Path, rootfs: Path, image_form: str
+):
+    image = built_image(conda_env, rootfs)
+    assert image.name == ("image.sqfs" if image_form == "squash" else "image")
+    again = cli("build", NAME, *build_args(conda_env, rootfs))
+    assert again.stdout.strip().endswith(str(image))
+    assert "built the charliecloud image" not in again.stderr  # cached by lock and base
+
+    done = cli("start", NAME, *build_args(conda_env, rootfs), "-d")
+    assert done.returncode == 0, done.stderr
+    record = registry.get(NAME)
+    assert record.backend == "charliecloud" and record.address.startswith("unix:/tmp/")
+    socket_path = record.address[len("unix:") :]
+    processes = server_processes(record)
+    assert len(processes) == (2 if image_form == "squash" else 1)
+    # the token is in no command line (ps shows those to every user)
+    for pid in processes + [record.supervisor_pid]:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            assert record.token.encode() not in f.read()
+
+    with AgentSidePortal(NAME, ["CartPole-v1"]) as env:  # by name, through the registry
+        assert_bit_identical(env)
+    by_name = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "random_agent.py"), NAME],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert by_name.returncode == 0 and "episode 2: return" in by_name.stdout, by_name.stderr
+
+    # SIGKILL of the env server: the supervisor restarts it, on the same socket path
+    os.kill(processes[-1], signal.SIGKILL)
+    restarted = wait_record(lambda r: r.restarts == 1 and r.server_pid != record.server_pid)
+    assert restarted.address == record.address
+    assert all(wait_gone(pid, 10) for pid in processes)
+    with AgentSidePortal(NAME, ["CartPole-v1"]) as env:
+        assert_bit_identical(env)
+
+    # stop: no process, no mount (point), no socket, no record
+    processes = server_processes(restarted)
+    assert cli("stop", NAME).returncode == 0
+    assert all(wait_gone(pid, 10) for pid in processes + [restarted.supervisor_pid])
+    assert registry.get(NAME) is None and not os.path.exists(socket_path)
+    assert str(image) not in mounts()
+    leftovers = sorted(p.name for p in Path(socket_path).parent.glob(".mnt-*"))
+    assert leftovers == [], f"mount points left behind: {leftovers}"
+
+
+def test_sigkill_of_the_supervisor_takes_ch_run_and_the_server_with_it(
+    conda_env: Path, rootfs: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("PORTAL_ENV_CH_IMAGE", "squash")  # ch-run and the server: two processes
+    done = cli("start", NAME, *build_args(conda_env, rootfs), "-d", timeout=900)
+    assert done.returncode == 0, done.stderr
+    record = registry.get(NAME)
+    processes = server_processes(record)
+    assert len(processes) == 2
+    os.kill(record.supervisor_pid, signal.SIGKILL)
+    assert all(wait_gone(pid, 10) for pid in processes), [p for p in processes if pid_alive(p)]
+    assert cli("ps").stdout.count(NAME) == 0  # the stale record is cleaned on read
+
+
+@pytest.fixture(scope="module")
+def exported(conda_env: Path, rootfs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`portal-env export` of the env: an OCI archive, as a user would copy it around."""
+    archive = tmp_path_factory.mktemp("ch-export") / "chcart.oci.tar"
+    done = cli("export", NAME, "-p", str(conda_env), "--base", str(rootfs), "-o", str(archive))
+    assert done.returncode == 0, done.stderr
+    return archive
+
+
+def serve_given(image: Path) -> registry.Record:
+    done = cli("start", NAME, "-b", "ch", "--image", str(image), "-d")
+    assert done.returncode == 0, done.stderr
+    return registry.get(NAME)
+
+
+@pytest.mark.parametrize("form", ["archive", "dir", "squash"])
+def test_a_given_image_serves_in_every_form(
+    conda_env: Path, rootfs: Path, exported: Path, form: str, monkeypatch: pytest.MonkeyPatch
+):
+    if form == "archive":
+        image = exported  # converted once into the cache (a SquashFS file here)
+    else:
+        monkeypatch.setenv("PORTAL_ENV_CH_IMAGE", form)
+        image = built_image(conda_env, rootfs)
+    record = serve_given(image)
+    try:
+        assert record.backend == "charliecloud"
+        with AgentSidePortal(NAME, ["CartPole-v1"]) as env:
+            assert_bit_identical(env)
+    finally:
+        assert cli("stop", NAME).returncode == 0
+
+
+def test_a_given_archive_is_converted_once(exported: Path):
+    first = cli("build", NAME, "-b", "ch", "--image", str(exported), timeout=900)
+    second = cli("build", NAME, "-b", "ch", "--image", str(exported))
+    assert first.returncode == 0 and second.stdout == first.stdout, first.stderr
+    assert "/given-" in first.stdout and str(exported) not in first.stdout
+
+
+@pytest.fixture
+def damaged(
+    conda_env: Path, rootfs: Path, exported: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Dict[str, Path]:
+    with monkeypatch.context() as patch:
+        patch.setenv("PORTAL_ENV_CH_IMAGE", "squash")
+        squash = built_image(conda_env, rootfs)
+    cut = tmp_path / "cut.sqfs"
+    cut.write_bytes(squash.read_bytes()[: squash.stat().st_size // 2])
+    archive = tmp_path / "cut.oci.tar"
+    archive.write_bytes(exported.read_bytes()[: exported.stat().st_size // 3])
+    garbage = tmp_path / "garbage.sqfs"
+    garbage.write_bytes(b"not an image at all\n" * 100)
+    empty_dir = tmp_path / "not-an-image"
+    empty_dir.mkdir()
+    return {"cut": cut, "archive": archive, "garbage": garbage, "dir": empty_dir}
+
+
+@pytest.mark.parametrize(
+    "case, says",
+    [
+        ("cut", "is damaged: it should hold"),
+        ("archive", "cannot read the image"),
+        ("garbage", "is none of the image kinds"),
+        ("dir", "is not an image of `portal-env export`"),
+    ],
+)
+def test_a_damaged_image_is_refused_at_once_naming_the_file(
+    damaged: Dict[str, Path], case: str, says: str
+):
+    started = time.monotonic()
+    done = cli("start", NAME, "-b", "ch", "--image", str(damaged[case]), "-d")
+    assert done.returncode == 1 and time.monotonic() - started < 30
+    assert "Error: " in done.stderr and str(damaged[case]) in done.stderr, done.stderr
+    assert says in done.stderr, done.stderr
+    assert registry.get(NAME) is None
+
+
+def test_a_missing_image_or_base_is_named(conda_env: Path, tmp_path: Path):
+    missing = tmp_path / "nowhere.sqfs"
+    done = cli("start", NAME, "-b", "ch", "--image", str(missing))
+    assert done.returncode == 2 and str(missing) in done.stderr  # click: does not exist
+    done = cli("start", NAME, "-p", str(conda_env), "-b", "ch", "--base-image", str(missing))
+    assert done.returncode == 1 and f"base {missing} does not exist" in done.stderr
+    done = cli("start", NAME, "-p", str(conda_env), "-b", "ch")
+    assert done.returncode == 1 and "give --base-image BASE" in done.stderr
+    assert "--image PATH" in done.stderr
+
+
+def _unshare_works() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    return subprocess.run(["unshare", "--net", "true"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not _unshare_works(), reason="cannot make a network namespace here")
+def test_offline_node_serves_from_the_shared_cache_and_names_the_build_command(
+    conda_env: Path, rootfs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("PORTAL_ENV_CH_IMAGE", "squash")
+    built_image(conda_env, rootfs)  # on the "login node", which has network
+    args = ["start", NAME, *build_args(conda_env, rootfs), "-d"]
+    done = subprocess.run(["unshare", "--net", *CLI, *args], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    with AgentSidePortal(NAME, ["CartPole-v1"]) as env:  # Unix sockets cross namespaces
+        assert_bit_identical(env)
+    assert cli("stop", NAME).returncode == 0
+    empty = dict(os.environ, PORTAL_ENV_CACHE_DIR=str(tmp_path / "empty-cache"))
+    started = time.monotonic()
+    done = subprocess.run(
+        ["unshare", "--net", *CLI, *args], capture_output=True, text=True, env=empty
+    )
+    assert done.returncode == 1 and time.monotonic() - started < 30
+    expected = (
+        f"`portal-env build -e {NAME} -p {conda_env} -b ch --base-image {rootfs}` on a node "
+        "with network"
+    )
+    assert expected in done.stderr, done.stderr
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_image_servers() -> Iterator[None]:
+    """Whatever happens in a test, no ch-run of ours outlives it."""
+    yield
+    for record in registry.all_records():
+        if record.name == NAME:
+            cli("stop", NAME)
