@@ -62,16 +62,23 @@ def subdir() -> str:
     return str(rattler.Subdir.current())
 
 
-def build_channel(root: Path, python: Optional[Union[str, Path]] = None) -> Path:
+def build_channel(
+    root: Path, python: Optional[Union[str, Path]] = None, more_wheels: Optional[Path] = None
+) -> Path:
     """Make (once) and index the channel under root; returns the channel directory.
 
     python: an interpreter for the `python` package to point at instead of this one
     (its version is asked from it); that channel is root/channel-<version>-<hash of path>.
+    more_wheels: a directory of wheels for that Python (e.g. numpy, gymnasium, msgpack)
+    made conda packages too: noarch for pure ones, this platform's for binary ones. With
+    them a lock needs no pip section, so a prefix installs with no package index at all.
     """
     interpreter = _interpreter(python)
+    extra = sorted(Path(more_wheels).glob("*.whl")) if more_wheels is not None else []
     channel = root / "channel"
-    if python is not None:
-        digest = hashlib.sha256(str(interpreter.path).encode()).hexdigest()[:12]
+    if python is not None or extra:
+        key = str(interpreter.path) + "".join(f"\0{wheel.name}" for wheel in extra)
+        digest = hashlib.sha256(key.encode()).hexdigest()[:12]
         channel = root / f"channel-{interpreter.version}-{digest}"
     if (channel / "noarch" / "repodata.json").is_file():
         return channel
@@ -85,6 +92,12 @@ def build_channel(root: Path, python: Optional[Union[str, Path]] = None) -> Path
         _write_python(channel / OTHER_PLATFORM, OTHER_PLATFORM, interpreter)
     for wheel in sorted(wheels.glob("*.whl")):
         _write_noarch_from_wheel(channel / "noarch", wheel)
+    short = ".".join(interpreter.version.split(".")[:2])
+    for wheel in extra:
+        if wheel.name.endswith("-none-any.whl"):
+            _write_noarch_from_wheel(channel / "noarch", wheel)
+        else:
+            _write_binary_from_wheel(channel / platform, platform, wheel, short)
     _write_activate_package(channel / "noarch")
     import asyncio
 
@@ -161,6 +174,27 @@ def _write_noarch_from_wheel(target: Path, wheel: Path) -> None:
     index.update(license="unknown", timestamp=TIMESTAMP, arch=None, platform=None)
     link = {"noarch": {"type": "python"}, "package_metadata_version": 1}
     _write_package(target / f"{name}-{version}-py_0.tar.bz2", index, files, link)
+
+
+def _write_binary_from_wheel(target: Path, platform: str, wheel: Path, short: str) -> None:
+    """A platform package of a binary wheel (e.g. numpy for cp311): its files under
+    lib/pythonX.Y/site-packages, depending on that Python."""
+    with zipfile.ZipFile(wheel) as zf:
+        files: Dict[str, File] = {
+            f"lib/python{short}/site-packages/{info.filename}": (
+                ("exec", zf.read(info)) if (info.external_attr >> 16) & 0o111 else zf.read(info)
+            )
+            for info in zf.infolist()
+            if not info.is_dir()
+        }
+    name, version = wheel.name.split("-")[:2]
+    name = name.lower().replace("_", "-")
+    build = f"py{short.replace('.', '')}_0"
+    index = {"name": name, "version": version, "build": build, "build_number": 0}
+    os_name, _, arch = platform.partition("-")
+    index.update(depends=[f"python {short}.*"], subdir=platform, license="unknown")
+    index.update(timestamp=TIMESTAMP, arch=_ARCH.get(arch, arch), platform=os_name)
+    _write_package(target / f"{name}-{version}-{build}.tar.bz2", index, files)
 
 
 def _write_activate_package(target: Path) -> None:
