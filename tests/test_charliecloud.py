@@ -8,6 +8,7 @@ whole job under ch-run as an unprivileged user.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -301,3 +302,33 @@ def _no_leftover_image_servers() -> Iterator[None]:
     for record in registry.all_records():
         if record.name == NAME:
             cli("stop", NAME)
+
+
+def test_ch_run_command_line_and_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from portal_env import config
+    from portal_env.runtimes.charliecloud import Charliecloud, executable
+    from portal_env.runtimes.imagebackend import Launch
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # would move the container's /tmp: dropped
+    token = "the-token-of-this-server-0123456789"
+    launch = Launch(
+        image=tmp_path / "image.sqfs",
+        kind="squash",
+        workdir="/opt/portal-env/app",
+        argv=("/opt/portal-env/env/bin/python", "/opt/portal-env/app/env_main.py"),
+        binds=(("/cache/portal_env-src/abc", "/opt/portal-env/lib"),),
+        env={config.TOKEN_VAR: token},
+    )
+    tool = Charliecloud()
+    assert tool.command(launch, tmp_path / "mnt") == [
+        executable(), "--env-no-expand", "--set-env", "--cd=/opt/portal-env/app",
+        "--bind=/cache/portal_env-src/abc:/opt/portal-env/lib", f"--mount={tmp_path / 'mnt'}",
+        str(tmp_path / "image.sqfs"), "--",
+        "/opt/portal-env/env/bin/python", "/opt/portal-env/app/env_main.py",
+    ]  # fmt: skip
+    env = tool.environment(launch)
+    assert env[config.TOKEN_VAR] == token and env["USER"] and "TMPDIR" not in env
+    assert env[config.DIE_WITH_PARENT_VAR] == "1"  # ch-run serves the image it runs from
+    directory = dataclasses.replace(launch, kind="dir")
+    assert "--mount" not in " ".join(tool.command(directory))
+    assert config.DIE_WITH_PARENT_VAR not in tool.environment(directory)  # ch-run exec'd it
