@@ -22,7 +22,7 @@ import gymnasium
 import numpy as np
 import pytest
 
-from portal_env import AgentSidePortal
+from portal_env import AgentSidePortal, config
 from portal_env.runtimes.base import child_pids
 from portal_env.serving import registry
 
@@ -104,6 +104,12 @@ def mounts() -> str:
         return f.read()
 
 
+def mount_points() -> set:
+    """The SquashFS mount points of this user's ch-run servers (in /tmp/portal-env-UID)."""
+    root = config.shared_tmp_socket_dir()
+    return {p.name for p in root.glob(".mnt-*")} if root is not None else set()
+
+
 def wait_record(check, seconds: float = 60) -> registry.Record:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -119,6 +125,7 @@ def test_exported_image_is_served_restarted_and_stopped_clean(
 ):
     image = built_image(conda_env, rootfs)
     assert image.name == ("image.sqfs" if image_form == "squash" else "image")
+    points_before = mount_points()
     again = cli("build", NAME, *build_args(conda_env, rootfs))
     assert again.stdout.strip().endswith(str(image))
     assert "built the charliecloud image" not in again.stderr  # cached by lock and base
@@ -157,8 +164,7 @@ def test_exported_image_is_served_restarted_and_stopped_clean(
     assert all(wait_gone(pid, 10) for pid in processes + [restarted.supervisor_pid])
     assert registry.get(NAME) is None and not os.path.exists(socket_path)
     assert str(image) not in mounts()
-    leftovers = sorted(p.name for p in Path(socket_path).parent.glob(".mnt-*"))
-    assert leftovers == [], f"mount points left behind: {leftovers}"
+    assert mount_points() - points_before == set(), "mount points left behind"
 
 
 def test_sigkill_of_the_supervisor_takes_ch_run_and_the_server_with_it(
@@ -170,9 +176,16 @@ def test_sigkill_of_the_supervisor_takes_ch_run_and_the_server_with_it(
     record = registry.get(NAME)
     processes = server_processes(record)
     assert len(processes) == 2
+    orphaned = {p for p in mount_points() if p.startswith(f".mnt-{record.supervisor_pid}-")}
+    assert len(orphaned) == 1
     os.kill(record.supervisor_pid, signal.SIGKILL)
     assert all(wait_gone(pid, 10) for pid in processes), [p for p in processes if pid_alive(p)]
     assert cli("ps").stdout.count(NAME) == 0  # the stale record is cleaned on read
+    # the killed supervisor's mount point is swept by the next start of an image
+    done = cli("start", NAME, *build_args(conda_env, rootfs), "-d")
+    assert done.returncode == 0, done.stderr
+    assert not orphaned & mount_points()
+    assert cli("stop", NAME).returncode == 0
 
 
 @pytest.fixture(scope="module")
@@ -305,7 +318,6 @@ def _no_leftover_image_servers() -> Iterator[None]:
 
 
 def test_ch_run_command_line_and_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    from portal_env import config
     from portal_env.runtimes.charliecloud import Charliecloud, executable
     from portal_env.runtimes.imagebackend import Launch
 

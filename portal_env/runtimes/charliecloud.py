@@ -30,6 +30,7 @@ from typing import IO, Dict, List, Optional
 
 from .. import config
 from ..errors import BackendUnavailableError, BuildError
+from ..serving import registry
 from . import image_files, unpack
 from .base import ProcessHandle, child_pids
 from .image_files import DIRECTORY, SQUASH
@@ -147,15 +148,29 @@ def _user() -> str:
 
 
 def _mount_point(launch: Launch) -> Path:
+    """A new empty directory for ch-run to mount launch's image on, named after this
+    supervisor process; those of supervisors that are gone (SIGKILLed) are removed."""
     root = config.shared_tmp_socket_dir()
     if root is None:
         raise BuildError(
             f"no private directory in /tmp for ch-run's mount point of {launch.image} "
             f"(/tmp/portal-env-{os.getuid()} belongs to someone else or is not a directory)"
         )
-    path = root / f".mnt-{os.urandom(4).hex()}"
+    _sweep_mount_points(root)
+    pid = os.getpid()
+    path = root / f".mnt-{pid}-{registry.process_start_time(pid)}-{os.urandom(4).hex()}"
     path.mkdir(mode=0o700)
     return path
+
+
+def _sweep_mount_points(root: Path) -> None:
+    for path in root.glob(".mnt-*-*-*"):
+        pid, start, _ = path.name[len(".mnt-") :].split("-", 2)
+        if pid.isdigit() and not registry.is_alive(int(pid), start):
+            try:
+                path.rmdir()  # empty: the mount was ch-run's own, in its own namespace
+            except OSError:
+                pass
 
 
 class ChRunHandle(ProcessHandle):
