@@ -9,11 +9,13 @@ whole job under ch-run as an unprivileged user.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Dict, Iterator, List
@@ -344,3 +346,96 @@ def test_ch_run_command_line_and_environment(tmp_path: Path, monkeypatch: pytest
     directory = dataclasses.replace(launch, kind="dir")
     assert "--mount" not in " ".join(tool.command(directory))
     assert config.DIE_WITH_PARENT_VAR not in tool.environment(directory)  # ch-run exec'd it
+
+
+UNPRIVILEGED = 4242
+AGENT_AS_USER = """
+import json, subprocess, sys
+import gymnasium, numpy as np
+from portal_env import AgentSidePortal
+from portal_env.runtimes.base import child_pids
+from portal_env.serving import registry
+
+cli = [sys.executable, "-m", "portal_env.cli"]
+start = cli + ["start", "unpriv", "-b", "ch", "--image", sys.argv[1], "-d"]
+done = subprocess.run(start, capture_output=True, text=True)
+if done.returncode != 0:
+    sys.exit("start: " + done.stderr)
+record = registry.get("unpriv")
+with AgentSidePortal("unpriv", ["CartPole-v1"]) as env:
+    local = gymnasium.make("CartPole-v1")
+    same = np.array_equal(env.reset(seed=5)[0], local.reset(seed=5)[0])
+    for t in range(30):
+        ours, theirs = env.step(t % 2)[:4], local.step(t % 2)[:4]
+        same = same and all(np.array_equal(a, b) for a, b in zip(ours, theirs))
+uids = []
+for pid in [record.server_pid] + child_pids(record.server_pid):
+    with open(f"/proc/{pid}/status") as f:
+        uids.append(int(f.read().split("Uid:")[1].split()[0]))
+stopped = subprocess.run(cli + ["stop", "unpriv"], capture_output=True).returncode
+print(json.dumps({"same": bool(same), "uids": uids, "stopped": stopped}))
+"""
+
+
+@pytest.mark.parametrize("form", ["squash", "dir"])
+def test_an_unprivileged_user_serves_an_image(
+    conda_env: Path, rootfs: Path, form: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """uid 4242 runs portal-env (the whole-job image's install of it, run with this host's
+    /usr/bin/python3.11) with `-b ch --image`: ch-run without root. This machine's /dev/fuse
+    is 0600, so the namespace of the test gets a 0666 node of its own for SquashFS."""
+    from . import jobimage
+
+    monkeypatch.setenv("PORTAL_ENV_CH_IMAGE", form)
+    image = built_image(conda_env, rootfs)
+    job = jobimage.image_dir()  # portal-env and its dependencies, for Python 3.11
+    view = Path(tempfile.mkdtemp(prefix="portal-env-test-unpriv-", dir="/tmp"))
+    view.chmod(0o755)
+    (view / "job").mkdir()
+    if form == "squash":
+        (view / "image.sqfs").touch()  # a file to bind the image file onto
+    else:
+        (view / "image").mkdir()
+    (view / "fuse").mkdir()
+    home = view / "tmp"
+    home.mkdir(mode=0o700)
+    os.chown(home, UNPRIVILEGED, UNPRIVILEGED)
+    script = view / "agent.py"
+    script.write_text(AGENT_AS_USER)
+    python = f"{view}/job/opt/venv/bin/python"
+    target = view / image.name
+    shell = (
+        f'mount --bind "{job}" "{view}/job" && mount --bind "{image}" "{target}" && '
+        f'mount -t tmpfs -o size=1m tmpfs "{view}/fuse" && '
+        f'mknod -m 666 "{view}/fuse/fuse" c 10 229 && mount --bind "{view}/fuse/fuse" /dev/fuse '
+        f"&& exec setpriv --reuid {UNPRIVILEGED} --regid {UNPRIVILEGED} --clear-groups "
+        f'"{python}" "{script}" "{target}"'
+    )
+    env = {"PATH": "/usr/bin:/bin", "USER": "unpriv", "HOME": "/nonexistent", "TMPDIR": str(home)}
+    try:
+        done = subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", shell],
+            capture_output=True, text=True, env=env, timeout=600,
+        )  # fmt: skip
+    finally:
+        _kill_processes_of(UNPRIVILEGED)  # only this test runs as that uid
+        shutil.rmtree(view, ignore_errors=True)
+        shutil.rmtree(f"/tmp/portal-env-{UNPRIVILEGED}", ignore_errors=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["same"] and found["stopped"] == 0
+    assert found["uids"] == [UNPRIVILEGED] * (2 if form == "squash" else 1)
+
+
+def _kill_processes_of(uid: int) -> None:
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/status") as f:
+                owner = int(f.read().split("Uid:")[1].split()[0])
+        except (OSError, IndexError, ValueError):
+            continue
+        if owner == uid:
+            try:
+                os.kill(int(entry), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
