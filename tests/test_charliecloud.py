@@ -429,6 +429,8 @@ def test_an_unprivileged_user_serves_an_image(
 
 def _kill_processes_of(uid: int) -> None:
     for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
         try:
             with open(f"/proc/{entry}/status") as f:
                 owner = int(f.read().split("Uid:")[1].split()[0])
