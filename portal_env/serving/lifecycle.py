@@ -275,15 +275,26 @@ def serve(
     """Build env name's runtime if needed, start its supervised server, wait until ready.
 
     Args:
-        name, path, backend, force, base_image, ca_bundle, image, reporter: as for build().
+        name: A built-in env, or the name to give the custom env at path.
+        path: A custom env directory (env_main.py plus spec.yml and/or Dockerfile.env).
+        backend: "venv", "micromamba" (or "mm"), "docker", "charliecloud" (or "ch") or
+            "apptainer" (default: default_backend()).
         detach: Keep serving after this process ends (like `portal-env start -d`);
             otherwise the portal stops when the returned Portal's block is left, when
             stop() is called, or when this process ends.
+        force: Rebuild the runtime even if a runtime of the same inputs is cached.
         host: Listen on this interface over TCP (never by default: a private Unix
             socket, or loopback for a container).
         token: The token the server expects (at least 16 characters; e.g. one token for a
             fleet of servers); default: a fresh random one, in portal.token.
         ready_timeout: Seconds the server may take to answer its first health check.
+        base_image: docker: the base image (a Dockerfile.env's `ARG BASE_IMAGE`);
+            charliecloud, apptainer: the base the image is built on (a rootfs directory
+            or tarball, a `docker save` or OCI archive).
+        ca_bundle: docker: a CA bundle put in the build context.
+        image: charliecloud, apptainer: serve this image (a SquashFS or SIF file, an image
+            directory, an OCI archive) instead of building one; path does not apply.
+        reporter: Where build progress goes (default: the log).
 
     Returns:
         The running Portal; portal.make(...) and portal.make_vec(...) make envs on it.
