@@ -23,7 +23,8 @@ just above a block says how (the reader of the rendered page does not see it):
 - (words in parentheses): a note for the maintainer.
 
 A ```console block runs its `$ ` lines one by one; the lines shown after a command are its
-expected output (stdout and stderr), compared line by line, where `...` stands for any text;
+expected output (stdout and stderr), compared line by line, where `...` stands for any text
+and a line of only `...` for any number of lines;
 a command shown without output must exit 0. A block of any other language (text, yaml,
 toml, dockerfile, ...) is shown, never run, unless it has file=.
 """
@@ -136,7 +137,8 @@ def parse(path: Path) -> List[Block]:
     i = 0
     while i < len(lines):
         opening = FENCE.match(lines[i])
-        if not opening:
+        if not opening or (opening["fence"][0] == "`" and "`" in opening["info"]):
+            # CommonMark: a backtick fence's info string has no backticks (else: inline code)
             i += 1
             continue
         fence, indent = opening["fence"], opening["indent"]
@@ -259,10 +261,13 @@ def console_commands(code: str) -> List[Tuple[str, Optional[str]]]:
 
 
 def output_matches(expected: str, actual: str) -> bool:
-    """Whether actual output is the expected one, line ends ignored, `...` any text."""
-    want = "\n".join(line.rstrip() for line in expected.strip("\n").splitlines())
-    got = "\n".join(line.rstrip() for line in actual.strip("\n").splitlines())
-    pattern = ".*?".join(re.escape(part) for part in want.split("..."))
+    """Whether actual output is the expected one, line ends ignored: `...` in a line is any
+    text, and a line of only `...` any number of lines (none too)."""
+    got = "".join(line.rstrip() + "\n" for line in actual.strip("\n").splitlines())
+    pattern = "".join(
+        r"(?:.*\n)*?" if line == "..." else ".*?".join(map(re.escape, line.split("..."))) + "\n"
+        for line in (line.rstrip() for line in expected.strip("\n").splitlines())
+    )
     return re.fullmatch(pattern, got, flags=re.DOTALL) is not None
 
 
@@ -303,8 +308,11 @@ def main() -> None:
     blocks, errors = collect()
     runnable = [b for b in blocks if b.runnable]
     ran = [b for b in runnable if b.skip is None]
-    print(f"{len(ran)} examples run in {len(sessions(blocks))} tests; "
-          f"{len(runnable) - len(ran)} not run here:")  # fmt: skip
+    files = [b for b in ran if b.file is not None]
+    print(
+        f"{len(ran) - len(files)} examples run, and {len(files)} files written for them, in "
+        f"{len(sessions(blocks))} tests; {len(runnable) - len(ran)} not run here:"
+    )
     for block in runnable:
         if block.skip is not None:
             print(f"  {block.where}: {block.skip}")

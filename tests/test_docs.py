@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List, Tuple
+from typing import Dict, Iterator, List, Sequence, Tuple
 
 import pytest
 
@@ -120,22 +120,61 @@ def reader_env(bin_dir: Path) -> Dict[str, str]:
     return env
 
 
+# Ray examples run in a network namespace with only loopback: outside one, Ray advertises
+# this machine's other addresses (tests talk to 127.0.0.0/8 only; see tests/test_ray.py).
+LOOPBACK_ONLY = ["unshare", "--net", "bash", "-c", 'ip link set lo up && exec "$@"', "-"]
+
+
+@pytest.fixture
+def ray_prefix(request: pytest.FixtureRequest, workdir: Path, tmp_path: Path) -> List[str]:
+    """For ray examples: the command prefix of a loopback-only namespace (empty otherwise),
+    with the example env's runtime built first (there is no network in there)."""
+    if "ray" not in request.node.keywords:
+        return []
+    import shutil
+
+    pytest.importorskip("ray", reason="install the test extra: pip install -e '.[test]'")
+    if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("ip") is None:
+        pytest.skip("needs root, unshare and ip to make a loopback-only network namespace")
+    from portal_env.serving import lifecycle
+
+    lifecycle.build("cartpole", path=workdir / "examples" / "cartpole_env", backend="venv")
+    return LOOPBACK_ONLY
+
+
 @pytest.mark.parametrize("session", _params())
 def test_example(
     session: docblocks.Session,
     workdir: Path,
     reader_env: Dict[str, str],
     docker_ready: None,
+    ray_prefix: List[str],
     reap_portals: None,
     tmp_path: Path,
 ):
-    run_session(session, workdir, reader_env, tmp_path)
+    import shutil
+    import tempfile
+
+    ray_tmp = tempfile.mkdtemp(prefix="rd-")  # short: Ray's socket paths are long
+    if ray_prefix:
+        reader_env.pop("RAY_ADDRESS", None)  # a local cluster of the example's own
+        reader_env["RAY_TMPDIR"] = ray_tmp
+    try:
+        run_session(session, workdir, reader_env, tmp_path, ray_prefix)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
-def run_session(session: docblocks.Session, cwd: Path, env: Dict[str, str], tmp: Path) -> None:
-    """Run a session's steps; AssertionError naming the block if one fails, or if a portal
-    is left running."""
-    runner = Runner(cwd, env, tmp, session.timeout)
+def run_session(
+    session: docblocks.Session,
+    cwd: Path,
+    env: Dict[str, str],
+    tmp: Path,
+    prefix: Sequence[str] = (),
+) -> None:
+    """Run a session's steps (each command under prefix); AssertionError naming the block
+    if one fails, or if a portal is left running."""
+    runner = Runner(cwd, env, tmp, session.timeout, prefix)
     try:
         for step in session.steps():
             runner.run(step)
@@ -151,8 +190,11 @@ def run_session(session: docblocks.Session, cwd: Path, env: Dict[str, str], tmp:
 class Runner:
     """Runs a session's steps in one working directory and environment."""
 
-    def __init__(self, cwd: Path, env: Dict[str, str], tmp: Path, timeout: float) -> None:
+    def __init__(
+        self, cwd: Path, env: Dict[str, str], tmp: Path, timeout: float, prefix: Sequence[str]
+    ) -> None:
         self.cwd, self.env, self.tmp, self.timeout = cwd, env, tmp, timeout
+        self.prefix = list(prefix)
         self.count = 0
         self.background: List[Tuple[docblocks.Step, subprocess.Popen, Path]] = []
 
@@ -181,12 +223,12 @@ class Runner:
     def _bash(self, code: str) -> List[str]:
         script = self.tmp / f"step{self.count}.sh"
         script.write_text(BASH_PRELUDE + code)
-        return ["bash", "-e", str(script)]
+        return [*self.prefix, "bash", "-e", str(script)]
 
     def _python(self, code: str) -> List[str]:
         script = self.tmp / f"step{self.count}.py"
         script.write_text(code)
-        return [sys.executable, str(script)]
+        return [*self.prefix, sys.executable, str(script)]
 
     def _run(self, command: List[str]) -> subprocess.CompletedProcess:
         proc = subprocess.Popen(
