@@ -142,6 +142,33 @@ def ray_prefix(request: pytest.FixtureRequest, workdir: Path, tmp_path: Path) ->
     return LOOPBACK_ONLY
 
 
+@pytest.fixture(scope="session")
+def conda_mirror(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A .condarc that serves conda-forge from a local channel of real conda packages (the
+    conda tests' channel), as a site's mirror would: conda-forge is unreachable here."""
+    from .conda_channel import build_channel
+
+    channel = build_channel(tmp_path_factory.mktemp("docs-conda-channel"))
+    mirror = tmp_path_factory.mktemp("docs-mirror")
+    (mirror / "conda-forge").symlink_to(channel, target_is_directory=True)
+    condarc = mirror / "condarc"
+    condarc.write_text(f"mirrored_channels:\n  conda-forge:\n    - {mirror.as_uri()}/conda-forge\n")
+    return condarc
+
+
+@pytest.fixture
+def conda_env(request: pytest.FixtureRequest, tmp_path: Path) -> Dict[str, str]:
+    """For conda examples: $CONDARC naming that mirror (it replaces the user's .condarc
+    files), and py-rattler as the installer (micromamba would record the example's prefixes
+    in the user's ~/.conda/environments.txt; tests/test_conda.py covers both installers)."""
+    if "conda" not in request.node.keywords:
+        return {}
+    from . import installers
+
+    condarc = request.getfixturevalue("conda_mirror")
+    return {"CONDARC": str(condarc), **installers.environment(installers.RATTLER, tmp_path)}
+
+
 @pytest.mark.parametrize("session", _params())
 def test_example(
     session: docblocks.Session,
@@ -149,9 +176,11 @@ def test_example(
     reader_env: Dict[str, str],
     docker_ready: None,
     ray_prefix: List[str],
+    conda_env: Dict[str, str],
     reap_portals: None,
     tmp_path: Path,
 ):
+    reader_env.update(conda_env)
     import shutil
     import tempfile
 
