@@ -169,6 +169,34 @@ def conda_env(request: pytest.FixtureRequest, tmp_path: Path) -> Dict[str, str]:
     return {"CONDARC": str(condarc), **installers.environment(installers.RATTLER, tmp_path)}
 
 
+@pytest.fixture(scope="session")
+def docs_slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dict[str, str]]:
+    """A two-node Slurm cluster on 127.0.0.1 (tests/slurmcluster.py); its SLURM_CONF."""
+    from .slurmcluster import SlurmCluster, missing_programs
+
+    missing = missing_programs()
+    if missing:
+        pytest.skip(f"Slurm/munge not installed ({', '.join(missing)}): .ci/run installs them")
+    cluster = SlurmCluster(tmp_path_factory.mktemp("docs-slurm"))
+    try:
+        cluster.start()
+        yield cluster.env()
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def slurm_env(request: pytest.FixtureRequest) -> Dict[str, str]:
+    """For slurm examples: the cluster's SLURM_CONF. The jobs' servers listen on
+    `hostname -i`, as on a cluster; here that must be a loopback address."""
+    if "slurm" not in request.node.keywords:
+        return {}
+    found = subprocess.run(["hostname", "-i"], capture_output=True, text=True).stdout.split()
+    if not found or not found[0].startswith("127."):
+        pytest.skip(f"hostname -i is {found}, not loopback: the job's servers would listen there")
+    return request.getfixturevalue("docs_slurm")
+
+
 @pytest.mark.parametrize("session", _params())
 def test_example(
     session: docblocks.Session,
@@ -177,10 +205,11 @@ def test_example(
     docker_ready: None,
     ray_prefix: List[str],
     conda_env: Dict[str, str],
+    slurm_env: Dict[str, str],
     reap_portals: None,
     tmp_path: Path,
 ):
-    reader_env.update(conda_env)
+    reader_env.update(conda_env, **slurm_env)
     import shutil
     import tempfile
 
