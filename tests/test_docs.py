@@ -3,11 +3,16 @@ and docs/ (tests/docblocks.py collects them) is a test, or says visibly why it c
 
 Each test runs its blocks as a reader would: from a fresh working directory holding a copy
 of examples/, with `portal-env`, `python` and `python3` resolving to this checkout, this
-test's private state dir and the session's runtime cache. Two things differ, on purpose:
-`pip install ...` is not re-run (the suite runs from the installed package, which is what it
-makes), and on a Docker daemon that lacks `python:3.11-slim` (no registry is reachable here)
-the tests' local Debian bookworm image with Python 3.11 is tagged as it for the test's span.
-A test fails if its example leaves a portal running.
+test's private state dir and the session's runtime cache. A test fails if a command fails,
+if a console block's output differs from the one shown, or if its example leaves a portal
+running. The services of a marked example are the real ones, made as the other tests make
+them: `docker` a daemon; `conda` a `.condarc` ($CONDARC) that mirrors conda-forge to the
+conda tests' local channel of real packages (conda-forge is unreachable here); `slurm` a
+two-node cluster on 127.0.0.1; `ray` a loopback-only network namespace for the example's
+local Ray cluster. Two things differ from a reader's machine, on purpose: `pip install ...`
+is not re-run (the suite runs from the installed package, which is what it makes), and on a
+Docker daemon that lacks `python:3.11-slim` (no registry is reachable here) the tests' local
+Debian bookworm image with Python 3.11 is tagged as it for the test's span.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ def test_every_code_block_is_well_formed():
     assert FORMAT_ERRORS == []
 
 
-def test_the_docs_have_examples_and_every_page_is_read():
+def test_the_collector_finds_the_examples():
     pages = {b.path for b in BLOCKS}
     assert (ROOT / "README.md") in pages and (ROOT / "docs" / "getting-started.md") in pages
     assert len(SESSIONS) >= 10
