@@ -234,6 +234,7 @@ def run_session(
     env: Dict[str, str],
     tmp: Path,
     prefix: Sequence[str] = (),
+    grace: float = 30.0,
 ) -> None:
     """Run a session's steps (each command under prefix); AssertionError naming the block
     if one fails, or if a portal is left running."""
@@ -242,7 +243,7 @@ def run_session(
         for step in session.steps():
             runner.run(step)
     finally:
-        failures = runner.interrupt_background()
+        failures = runner.interrupt_background(grace)
     assert failures == [], "\n".join(failures)
     from portal_env.serving import lifecycle
 
@@ -325,14 +326,14 @@ class Runner:
                 )
             time.sleep(0.1)
 
-    def interrupt_background(self) -> List[str]:
-        """Ctrl-C to every background step; what did not exit 0 within 30 s."""
+    def interrupt_background(self, grace: float) -> List[str]:
+        """Ctrl-C to every background step; what did not exit 0 within grace seconds."""
         failures = []
         for step, proc, log in self.background:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
             try:
-                code = proc.wait(30)
+                code = proc.wait(grace)
             except subprocess.TimeoutExpired:
                 code = None
             _end_group(proc.pid)
@@ -431,7 +432,7 @@ def test_a_background_server_must_stop_on_ctrl_c(
 ):
     page = "<!-- test: background -->\n```bash\ntrap '' INT; echo ready at x; sleep 60\n```\n"
     with pytest.raises(AssertionError, match="did not exit 0 on Ctrl-C"):
-        run_session(_session(tmp_path, page), workdir, reader_env, tmp_path)
+        run_session(_session(tmp_path, page), workdir, reader_env, tmp_path, grace=2.0)
 
 
 def test_an_example_that_leaves_a_portal_running_fails(
