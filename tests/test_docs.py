@@ -11,8 +11,9 @@ conda tests' local channel of real packages (conda-forge is unreachable here); `
 two-node cluster on 127.0.0.1; `ray` a loopback-only network namespace for the example's
 local Ray cluster. Two things differ from a reader's machine, on purpose: `pip install ...`
 is not re-run (the suite runs from the installed package, which is what it makes), and on a
-Docker daemon that lacks `python:3.11-slim` (no registry is reachable here) the tests' local
-Debian bookworm image with Python 3.11 is tagged as it for the test's span.
+Docker daemon that lacks the base image an example's Dockerfile starts from
+(`python:3.11-slim`, `debian:bullseye-slim`; no registry is reachable here) the tests' local
+Debian image with the same Python is tagged as it for the test's span.
 """
 
 from __future__ import annotations
@@ -93,27 +94,45 @@ def bin_dir(tmp_path: Path) -> Path:
     return path
 
 
+# The base images the examples' Dockerfiles start FROM, and the tests' local images that
+# stand in for them (no registry is reachable here): Debian with the same Python.
+STAND_INS = {"python:3.11-slim": "base_image", "debian:bullseye-slim": "bullseye_image"}
+
+
+def dockerfile_bases(session: docblocks.Session) -> List[str]:
+    """The `ARG BASE_IMAGE=` defaults of the examples/*/Dockerfile.env the session uses."""
+    code = "\n".join(b.code for b in session.blocks)
+    found = []
+    for dockerfile in sorted((ROOT / "examples").glob("*/Dockerfile.env")):
+        if f"examples/{dockerfile.parent.name}" in code:
+            found += re.findall(r"^ARG BASE_IMAGE=(\S+)", dockerfile.read_text(), re.MULTILINE)
+    return found
+
+
 @pytest.fixture
 def docker_ready(request: pytest.FixtureRequest) -> Iterator[None]:
-    """For docker examples: a daemon, and python:3.11-slim (the examples' base) present."""
+    """For docker examples: a daemon, and the examples' base images present (stand-ins,
+    tagged for the test's span only when the daemon lacks them)."""
     if "docker" not in request.node.keywords:
         yield
         return
     from . import dockerhost
 
     client = dockerhost.client()
-    base = client.images.get(dockerhost.base_image())
-    tagged = not dockerhost._has_image(client, "python:3.11-slim")
-    if tagged:
-        base.tag("python", "3.11-slim")
+    tagged = []
+    for name in dockerfile_bases(request.node.callspec.params["session"]):
+        if name in STAND_INS and not dockerhost._has_image(client, name):
+            local = client.images.get(getattr(dockerhost, STAND_INS[name])())
+            local.tag(*name.split(":"))
+            tagged.append(name)
     try:
         yield
     finally:
         from portal_env.serving import lifecycle
 
-        lifecycle.stop(all=True)  # the example's containers, before the tag goes
-        if tagged:
-            client.images.remove("python:3.11-slim", noprune=True)
+        lifecycle.stop(all=True)  # the example's containers, before the tags go
+        for name in tagged:
+            client.images.remove(name, noprune=True)
 
 
 @pytest.fixture
