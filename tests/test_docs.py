@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import pytest
 
@@ -100,11 +100,12 @@ STAND_INS = {"python:3.11-slim": "base_image", "debian:bullseye-slim": "bullseye
 
 
 def dockerfile_bases(session: docblocks.Session) -> List[str]:
-    """The `ARG BASE_IMAGE=` defaults of the examples/*/Dockerfile.env the session uses."""
+    """The `ARG BASE_IMAGE=` defaults of the examples/*/Dockerfile.env the session serves
+    (`-p examples/NAME`)."""
     code = "\n".join(b.code for b in session.blocks)
     found = []
     for dockerfile in sorted((ROOT / "examples").glob("*/Dockerfile.env")):
-        if f"examples/{dockerfile.parent.name}" in code:
+        if f"-p examples/{dockerfile.parent.name}" in code:
             found += re.findall(r"^ARG BASE_IMAGE=(\S+)", dockerfile.read_text(), re.MULTILINE)
     return found
 
@@ -130,9 +131,30 @@ def docker_ready(request: pytest.FixtureRequest) -> Iterator[None]:
     finally:
         from portal_env.serving import lifecycle
 
-        lifecycle.stop(all=True)  # the example's containers, before the tags go
-        for name in tagged:
-            client.images.remove(name, noprune=True)
+        try:
+            lifecycle.stop(all=True)  # the example's containers, before the tags go
+            _remove_named(client, request.node.callspec.params["session"])
+        finally:
+            for name in tagged:
+                client.images.remove(name, noprune=True)
+
+
+def _remove_named(client: Any, session: docblocks.Session) -> None:
+    """The containers (`--name X`) and images (`--tag X`) the example made itself: gone
+    even when it failed before removing them."""
+    import docker
+
+    code = "\n".join(b.code for b in session.blocks)
+    for name in re.findall(r"--name[ =](\S+)", code):
+        try:
+            client.containers.get(name).remove(force=True)
+        except docker.errors.APIError:  # not there, or already being removed (--rm)
+            pass
+    for tag in re.findall(r"--tag[ =](\S+)", code):
+        try:
+            client.images.remove(tag, force=True)
+        except docker.errors.ImageNotFound:
+            pass
 
 
 @pytest.fixture
@@ -166,30 +188,55 @@ def ray_prefix(request: pytest.FixtureRequest, workdir: Path, tmp_path: Path) ->
     return LOOPBACK_ONLY
 
 
-@pytest.fixture(scope="session")
-def conda_mirror(tmp_path_factory: pytest.TempPathFactory) -> Path:
+DEBIAN_PYTHON = Path("/usr/bin/python3.11")  # the Python of the tests' bookworm rootfs
+
+
+def _mirror(root: Path, python: Optional[Path]) -> Path:
     """A .condarc that serves conda-forge from a local channel of real conda packages (the
-    conda tests' channel), as a site's mirror would: conda-forge is unreachable here."""
+    conda tests' channel, its python wrapping the given interpreter), as a site's mirror
+    would: conda-forge is unreachable here."""
     from .conda_channel import build_channel
 
-    channel = build_channel(tmp_path_factory.mktemp("docs-conda-channel"))
-    mirror = tmp_path_factory.mktemp("docs-mirror")
-    (mirror / "conda-forge").symlink_to(channel, target_is_directory=True)
-    condarc = mirror / "condarc"
-    condarc.write_text(f"mirrored_channels:\n  conda-forge:\n    - {mirror.as_uri()}/conda-forge\n")
+    channel = build_channel(root / "channel", python=python)
+    (root / "mirror").mkdir()
+    (root / "mirror" / "conda-forge").symlink_to(channel, target_is_directory=True)
+    condarc = root / "condarc"
+    url = f"{(root / 'mirror').as_uri()}/conda-forge"
+    condarc.write_text(f"mirrored_channels:\n  conda-forge:\n    - {url}\n")
     return condarc
 
 
+@pytest.fixture(scope="session")
+def conda_mirror(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _mirror(tmp_path_factory.mktemp("docs-conda"), None)
+
+
+@pytest.fixture(scope="session")
+def image_mirror(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same for envs that go into an image over the rootfs: its python is Debian's."""
+    if not DEBIAN_PYTHON.is_file():
+        pytest.skip(f"{DEBIAN_PYTHON} (the rootfs's interpreter) is not on this host")
+    return _mirror(tmp_path_factory.mktemp("docs-conda-image"), DEBIAN_PYTHON)
+
+
 @pytest.fixture
-def conda_env(request: pytest.FixtureRequest, tmp_path: Path) -> Dict[str, str]:
-    """For conda examples: $CONDARC naming that mirror (it replaces the user's .condarc
+def conda_env(request: pytest.FixtureRequest, workdir: Path, tmp_path: Path) -> Dict[str, str]:
+    """For conda examples: $CONDARC naming such a mirror (it replaces the user's .condarc
     files), and py-rattler as the installer (micromamba would record the example's prefixes
-    in the user's ~/.conda/environments.txt; tests/test_conda.py covers both installers)."""
-    if "conda" not in request.node.keywords:
+    in the user's ~/.conda/environments.txt; tests/test_conda.py covers both installers).
+    An example that builds an image over `rootfs.tar` gets the Docker tests' debootstrap
+    rootfs there (made once, cached) and the mirror whose python that rootfs has."""
+    session = request.node.callspec.params.get("session")
+    over_rootfs = session is not None and "rootfs.tar" in "".join(b.code for b in session.blocks)
+    if "conda" not in request.node.keywords and not over_rootfs:
         return {}
     from . import installers
 
-    condarc = request.getfixturevalue("conda_mirror")
+    if over_rootfs:
+        from . import dockerhost
+
+        (workdir / "rootfs.tar").symlink_to(dockerhost.rootfs_tar())
+    condarc = request.getfixturevalue("image_mirror" if over_rootfs else "conda_mirror")
     return {"CONDARC": str(condarc), **installers.environment(installers.RATTLER, tmp_path)}
 
 
