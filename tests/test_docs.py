@@ -1,17 +1,18 @@
-"""The docs' examples run: every bash, console and python block of README.md, CONTRIBUTING.md
-and docs/ (tests/docblocks.py collects them) is a test, or says visibly why it cannot run here.
+"""The docs' examples run: every bash, console and python block of README.md, CONTRIBUTING.md and
+docs/ (tests/docblocks.py collects them) is a test, or says visibly why it cannot run here.
 
-Each test runs its blocks as a reader would: from a fresh working directory holding a copy
-of examples/, with `portal-env`, `python` and `python3` resolving to this checkout, this
-test's private state dir and the session's runtime cache. A test fails if a command fails,
-if a console block's output differs from the one shown, or if its example leaves a portal
-running. The services of a marked example are the real ones, made as the other tests make
-them: `docker` a daemon; `conda` a `.condarc` ($CONDARC) that mirrors conda-forge to the
-conda tests' local channel of real packages (conda-forge is unreachable here); `slurm` a
-two-node cluster on 127.0.0.1; `ray` a loopback-only network namespace for the example's
-local Ray cluster. Two things differ from a reader's machine, on purpose: `pip install ...`
-is not re-run (the suite runs from the installed package, which is what it makes), and on a
-Docker daemon that lacks the base image an example's Dockerfile starts from
+Each test runs its blocks as a reader would: from a fresh working directory holding a copy of
+examples/, with `portal-env`, `python` and `python3` resolving to this checkout, this test's
+private state dir and the session's runtime cache. A test fails if a command fails, if a
+console block's output differs from the one shown, or if its example leaves a portal running.
+The services of a marked example are the real ones, made as the other tests make them: `docker`
+a daemon; `conda` a `.condarc` ($CONDARC) that mirrors conda-forge to the conda tests' local
+channel of real packages (conda-forge is unreachable here); `slurm` a two-node cluster on
+127.0.0.1; `ray` a loopback-only network namespace for the example's local Ray cluster;
+`charliecloud` ch-run. An example that builds an image over `rootfs.tar` finds the Docker
+tests' debootstrap rootfs there. Two things differ from a reader's machine, on purpose: `pip
+install ...` is not re-run (the suite runs from the installed package, which is what it makes),
+and on a Docker daemon that lacks the base image an example's Dockerfile starts from
 (`python:3.11-slim`, `debian:bullseye-slim`; no registry is reachable here) the tests' local
 Debian image with the same Python is tagged as it for the test's span.
 """
@@ -268,6 +269,15 @@ def slurm_env(request: pytest.FixtureRequest) -> Dict[str, str]:
     return request.getfixturevalue("docs_slurm")
 
 
+@pytest.fixture
+def charliecloud_ready(request: pytest.FixtureRequest) -> None:
+    """For charliecloud examples: Charliecloud's ch-run (`.ci/run` installs it)."""
+    import shutil
+
+    if "charliecloud" in request.node.keywords and shutil.which("ch-run") is None:
+        pytest.skip("Charliecloud's ch-run is missing: .ci/run installs charliecloud")
+
+
 @pytest.mark.parametrize("session", _params())
 def test_example(
     session: docblocks.Session,
@@ -277,6 +287,7 @@ def test_example(
     ray_prefix: List[str],
     conda_env: Dict[str, str],
     slurm_env: Dict[str, str],
+    charliecloud_ready: None,
     reap_portals: None,
     tmp_path: Path,
 ):
