@@ -334,12 +334,14 @@ def stop(name: Optional[str], stop_all: bool, timeout: float) -> None:
 )
 @click.option("--tag", default=None, help="Image name:tag (default: portal-env/NAME:<hash>).")
 def export(name: str, path: Optional[Path], output: Path, base: Path, tag: Optional[str]) -> None:
-    """Write env NAME's locked conda prefix over a base as an OCI image archive, without a
-    Docker daemon; for docker/podman load, Kubernetes and Apptainer.
+    """Write env NAME as an OCI image archive, without a Docker daemon.
 
-    \b
+    The archive holds the env's locked conda prefix over a base, for docker or podman load,
+    Kubernetes, Charliecloud and Apptainer.
+
     Example: portal-env export mycart -p ./my_env --base rootfs.tar -o mycart.tar
-    Then:    docker load -i mycart.tar   or   apptainer build mycart.sif oci-archive://mycart.tar
+
+    Then: docker load -i mycart.tar (or: apptainer build mycart.sif oci-archive://mycart.tar)
     """
     with _errors():
         from .runtimes import export as exporting
@@ -356,13 +358,14 @@ def export(name: str, path: Optional[Path], output: Path, base: Path, tag: Optio
 @click.argument("name")
 @click.option("--file", "as_file", is_flag=True, help="Print the path of a 0600 token file.")
 def token(name: str, as_file: bool) -> None:
-    """Print the token of running portal NAME, for an agent that has no access to the
-    registry (an agent in a container).
+    """Print the token of running portal NAME, for an agent that cannot read the registry.
 
-    \b
-    Example: docker run --network portal_env_net
-    -v "$(portal-env token mycart --file)":/run/portal-env/token:ro
-    -e PORTAL_ENV_TOKEN_FILE=/run/portal-env/token my-agent-image
+    An agent in a container, say: pass it as PORTAL_ENV_TOKEN, or (docker portals) mount the
+    0600 file that --file names and set PORTAL_ENV_TOKEN_FILE to where it is mounted.
+
+    Example: PORTAL_ENV_TOKEN=$(portal-env token mycart)
+
+    Example: docker run -v "$(portal-env token mycart --file)":/run/token:ro ...
     """
     with _errors():
         record = _running(name)

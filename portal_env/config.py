@@ -131,6 +131,9 @@ def directory_error(exc: OSError, path: Union[str, Path], var: str) -> Directory
     elif exc.errno == errno.EROFS:
         why = "it is on a read-only file system"
         todo = "point it at a writable directory"
+    elif exc.errno == errno.ENOENT:
+        why = "no directory can be made there"
+        todo = "point it at a writable directory"
     else:
         why = exc.strerror or str(exc)
         todo = "fix its permissions or point it at a directory you can write"
@@ -173,7 +176,10 @@ def full_disk_hint(output: str) -> str:
 def _private_dir(path: Path, var: str) -> Path:
     """Create path 0700 if needed and check that we can write there."""
     with writing_in(path, var):
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except FileNotFoundError as exc:  # a parent where no directory can be made (/proc)
+            raise directory_error(exc, path, var) from exc
         if not os.access(path, os.W_OK | os.X_OK):  # EROFS even for root
             raise OSError(errno.EROFS if _read_only(path) else errno.EACCES, "not writable")
     return path

@@ -429,6 +429,13 @@ def test_read_only_state_and_cache_dirs_name_the_setting(tmpfs, cartpole_dir, mo
         EnvSidePortal(gymnasium.make, port=0)  # records its token
 
 
+def test_a_state_dir_where_no_directory_can_be_made_names_the_setting():
+    done = run_cli("ps", env={"PORTAL_ENV_STATE_DIR": "/proc/portal-env-state"})
+    assert done.returncode != 0 and done.stderr.startswith("Error: "), done.stderr
+    assert "Traceback" not in done.stderr and "/proc/portal-env-state" in done.stderr
+    assert "set PORTAL_ENV_STATE_DIR=DIR" in done.stderr
+
+
 def test_state_dir_made_read_only_after_use_names_the_setting(tmpfs, monkeypatch):
     mnt = tmpfs("size=1m")
     (mnt / "state" / "portals").mkdir(parents=True)
