@@ -46,6 +46,21 @@ def test_start_serves_and_close_leaves_nothing(cartpole_dir: Path):
     assert "portal-env serving on" in log and "stopped (exit code 0)" in log
 
 
+def test_ready_files_are_removed_once_read_and_old_ones_swept(
+    cartpole_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    runtime_dir = tmp_path / "run"
+    runtime_dir.mkdir(mode=0o700)
+    monkeypatch.setenv("PORTAL_ENV_RUNTIME_DIR", str(runtime_dir))
+    old, recent = runtime_dir / ".gone-0a1b2c3d.ready", runtime_dir / ".other-4e5f6a7b.ready"
+    for path in (old, recent):  # a supervisor SIGKILLed while its server started; one starting
+        path.write_text("unix:/nowhere")
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    with _supervisor(cartpole_dir) as sup:
+        sup.start()
+        assert sorted(p.name for p in runtime_dir.glob(".*.ready")) == [recent.name]
+
+
 @pytest.mark.parametrize(
     "main, expected",
     [

@@ -214,6 +214,7 @@ class Supervisor:
                 )
             address = self._reported_address(handle)
             if address is not None and self._answers(address):
+                self.ready_file.unlink(missing_ok=True)  # read: nothing is left if we are killed
                 return _reachable(wire.Address.parse(address))
             time.sleep(0.02)
         raise ServerStartError(
@@ -318,10 +319,20 @@ def stop_when_closed(sup: Supervisor, fd: int) -> None:
     threading.Thread(target=wait, name="portal-env-lifeline", daemon=True).start()
 
 
+_STALE_READY_S = 600.0
+
+
 def _ready_file(name: str, runtime_dir: Optional[Path]) -> Path:
     """Where the server writes its address: node-local (a shared state dir mixes nodes), and
-    where the server sees it too (a container runtime sharing /tmp: runtime_dir)."""
+    where the server sees it too (a container runtime sharing /tmp: runtime_dir).
+
+    A supervisor reads and removes the file within milliseconds of the server writing it;
+    the files of supervisors killed in between are swept here once they are old."""
     directory = runtime_dir or config.socket_dir() or registry.logs_dir()
+    for stale in directory.glob(".*.ready"):
+        with contextlib.suppress(OSError):  # gone meanwhile, or not ours to remove
+            if time.time() - stale.stat().st_mtime > _STALE_READY_S:
+                stale.unlink()
     return directory / f".{name}-{secrets.token_hex(4)}.ready"
 
 
