@@ -13,7 +13,9 @@ Two tables, each from one run of this script:
    ``SyncVectorEnv``, all at once and with no communication (what the cores can give).
    HalfCheetah-v5 x8 the same way, to check the default's choice (no target). An agent
    that sleeps 1 ms per batch (inference off the CPU) stepping Pong x8 synchronously
-   versus with ``batch_size=4`` (``send``/``recv``). Single envs (CartPole, Pong,
+   versus with ``batch_size=4`` (``send``/``recv``), and that agent alone with no envs:
+   its rate against the synchronous loop bounds the batch_size ratio (the agent waits
+   1 ms per batch of 4 instead of per batch of 8). Single envs (CartPole, Pong,
    HalfCheetah-v5 when mujoco imports) in-process versus over a Unix socket, and, for
    Pong and HalfCheetah, with the agent and the server's thread for it pinned to one
    core and not spinning (an experiment: is a step faster on the agent's core?).
@@ -68,6 +70,7 @@ SLEEP_S = 0.001  # an agent's inference per batch, off the CPU (an accelerator)
 DEFAULTS = "make_vec (defaults)"
 SLEEP_SYNC = "make_vec step + 1 ms sleep"
 SLEEP_BATCH = "make_vec batch_size=4 + 1 ms sleep"
+AGENT_ALONE = "the agent alone: batches of 4, no envs"
 PINNED = "portal Unix, server on the agent's core"
 DEFAULT_ENVPOOL_PYTHON = Path.home() / ".cache/portal-env-bench/vec-envpool/bin/python"
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -295,6 +298,28 @@ def _async_step(vec: Any, sleep: float) -> Step:
         return len(ids)
 
     return step
+
+
+def agent_alone(env_id: str, batch: int, sleep: float) -> Callable:
+    """The sleeping agent's loop with no envs at all: what batch_size=batch can reach at
+    best, whatever the envs and the portal do (the agent waits 1 ms per batch either way)."""
+
+    def make(stack: ExitStack) -> Made:
+        import ale_py
+        import gymnasium
+
+        gymnasium.register_envs(ale_py)
+        space = gymnasium.make(env_id).action_space
+        space.seed(SEED)
+
+        def step() -> int:
+            [space.sample() for _ in range(batch)]
+            time.sleep(sleep)
+            return batch
+
+        return step, [], ""
+
+    return make
 
 
 def single(env_id: str, remote: bool, pin: Optional[int] = None) -> Callable:
@@ -527,6 +552,7 @@ def target_rows(cores: int) -> List[Row]:
     rows += [
         Row("sleep", SLEEP_SYNC, portal_vector(PONG, 8, sleep=SLEEP_S)),
         Row("sleep", SLEEP_BATCH, portal_vector(PONG, 8, sleep=SLEEP_S, batch_size=4)),
+        Row("sleep", AGENT_ALONE, agent_alone(PONG, 4, SLEEP_S)),
     ]
     core = max(os.sched_getaffinity(0))
     for env_id, group in ((PONG, "pong1"), (CARTPOLE, "cp1"), (CHEETAH, "cheetah1")):
@@ -574,6 +600,9 @@ COMPARISONS = [  # informational ratios, no target
     ("cheetah8", DEFAULTS, "SyncVectorEnv"),
     ("cheetah8", "make_vec num_workers=0", "SyncVectorEnv"),
     ("cheetah8", "make_vec num_workers=2", "SyncVectorEnv"),
+    # the bound of the batch_size target: the agent alone against the synchronous loop
+    ("sleep", AGENT_ALONE, SLEEP_SYNC),
+    ("sleep", SLEEP_BATCH, AGENT_ALONE),
     ("pong1", PINNED, "portal Unix"),
     ("cheetah1", PINNED, "portal Unix"),
 ]

@@ -17,7 +17,7 @@ def test_the_model_gives_workers_only_where_they_save_the_margin():
     assert costmodel.choose(8, pong, handoff, 2) == 2
     assert costmodel.choose(8, cartpole, handoff, 2) == 1
     # one step cost, two hand-offs: the decision moves with h
-    step = 50e-6  # T(1) = 400 us; T(2) = 200 us + h, which must be <= 320 us
+    step = 100e-6  # T(1) = 800 us; T(2) = 400 us + h, which must be <= 520 us
     assert costmodel.choose(8, step, 110e-6, 2) == 2
     assert costmodel.choose(8, step, 130e-6, 2) == 1
     assert costmodel.choose(8, 1.0, 0.0, 1) == 1  # one core

@@ -321,7 +321,7 @@ def make_vec(
             processes a batch of n steps of t seconds takes about ceil(n/K)*t + h
             (h: a hand-off to a worker, which the server measures once; t: a throwaway
             instance's median step), against n*t in the server thread alone; the K up
-            to its cores with the least time if it saves 20 %, else none (see
+            to its cores with the least time if it saves 35 %, else none (see
             vector.costmodel). 0 or 1 step them all in the server's connection
             thread, one after another.
         batch_size: One server only: how many instances recv() returns, EnvPool-style
