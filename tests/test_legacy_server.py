@@ -158,8 +158,9 @@ def test_a_tokenless_start_names_the_variables(tmp_path):
 def test_its_settings_are_the_ones_the_supervisor_passes():
     for name in ("HOST", "PORT", "SOCKET", "TOKEN", "TOKEN_FILE", "READY_FILE"):
         assert getattr(legacy_server, f"{name}_VAR") == getattr(config, f"{name}_VAR")
-    for name in ("HANDSHAKE_TIMEOUT", "IDLE_TIMEOUT"):
+    for name in ("HANDSHAKE_TIMEOUT", "IDLE_TIMEOUT", "SPIN"):
         assert getattr(legacy_server, f"{name}_VAR") == getattr(config, f"{name}_VAR")
+    assert legacy_server.DEFAULT_SPIN_US == config.DEFAULT_SPIN_US
     assert legacy_server.DEFAULT_PORT == config.DEFAULT_PORT
     assert legacy_server.DEFAULT_HOST == config.DEFAULT_HOST
 

@@ -14,9 +14,11 @@ import stat
 import struct
 import time
 
-from ..portal import protocol
+from ..portal import protocol, spin
 
 _HEADER = struct.Struct(protocol.HEADER_FORMAT)
+_AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK)
+_yield = getattr(os, "sched_yield", lambda: None)
 _READ_CHUNK = 1 << 16
 _FEATURES = struct.pack("B", protocol.FEATURES_NONE)
 
@@ -132,15 +134,27 @@ def accept(sock, token, timeout):
 class Connection(object):
     """An authenticated socket that sends and receives frames."""
 
-    def __init__(self, sock, max_frame, idle_timeout):
+    def __init__(self, sock, max_frame, idle_timeout, spin_us=0.0):
         self.sock = sock
         self.max_frame = max_frame
         self._buf = bytearray()
         sock.settimeout(idle_timeout)
+        # Poll before blocking, as the main server does (spin.deadline), but only on a
+        # blocking socket: with a timeout, Python waits in poll() before any recv.
+        self.spin_ns = int(spin_us * 1000) if idle_timeout is None else 0
+        self._wait_ns = 0  # running average of how long a frame took to start arriving
 
     def recv_frame(self):
         """(kind, payload) of the next frame; Closed, PeerTimeout or ValueError (too big)."""
-        self._fill(_HEADER.size)
+        if len(self._buf) < _HEADER.size and self.spin_ns:
+            start = spin.now_ns()
+            until = spin.deadline(start, self.spin_ns, self._wait_ns)
+            if until:
+                self._spin(until)
+            self._fill(_HEADER.size)
+            self._wait_ns = (3 * self._wait_ns + spin.now_ns() - start) // 4
+        else:
+            self._fill(_HEADER.size)
         size, kind = _HEADER.unpack_from(self._buf, 0)
         if size > self.max_frame:
             raise ValueError("frame of %d bytes exceeds the limit of %d" % (size, self.max_frame))
@@ -162,6 +176,22 @@ class Connection(object):
             if not chunk:
                 raise Closed("closed by the peer")
             self._buf += chunk
+
+    def _spin(self, until):
+        """Poll for the next frame's bytes until until (spin.now_ns), then let _fill block."""
+        while spin.now_ns() < until:
+            try:
+                chunk = self.sock.recv(_READ_CHUNK, socket.MSG_DONTWAIT)
+            except socket.error as exc:
+                if exc.errno in _AGAIN:
+                    _yield()  # never starve the peer we wait for when cores are busy
+                    continue
+                raise Closed(str(exc))
+            if not chunk:
+                raise Closed("closed by the peer")
+            self._buf += chunk
+            if len(self._buf) >= _HEADER.size:
+                return
 
     def send(self, kind, parts, size):
         try:

@@ -32,6 +32,8 @@ TOKEN_FILE_VAR = "PORTAL_ENV_TOKEN_FILE"
 READY_FILE_VAR = "PORTAL_ENV_READY_FILE"
 HANDSHAKE_TIMEOUT_VAR = "PORTAL_ENV_HANDSHAKE_TIMEOUT"
 IDLE_TIMEOUT_VAR = "PORTAL_ENV_IDLE_TIMEOUT"
+SPIN_VAR = "PORTAL_ENV_SPIN_US"
+DEFAULT_SPIN_US = 1000.0
 DEFAULT_HOST, DEFAULT_PORT, DEFAULT_HANDSHAKE_TIMEOUT = "127.0.0.1", 7000, 10.0
 _CLOSE_WAIT = 5.0  # seconds close() waits for each connection's thread to close its env
 
@@ -193,6 +195,7 @@ class EnvSidePortal(object):
     def __init__(self, env_factory, port=None, host=None, token=None, **options):
         # Keyword-only options (Python 2 has no `*`): socket_path, max_frame_bytes,
         # handshake_timeout, idle_timeout; the main server's others are ignored.
+        # $PORTAL_ENV_SPIN_US sets how long a connection polls before blocking, as there.
         if not callable(env_factory):
             raise TypeError("env_factory must be callable, got %r" % (env_factory,))
         self.env_factory = env_factory
@@ -201,6 +204,7 @@ class EnvSidePortal(object):
             options.get("handshake_timeout"), HANDSHAKE_TIMEOUT_VAR, DEFAULT_HANDSHAKE_TIMEOUT
         )
         self.idle_timeout = _seconds(options.get("idle_timeout"), IDLE_TIMEOUT_VAR, None)
+        self.spin_us = _spin_us()
         self._token = _token(token)
         explicit_tcp = host is not None or port is not None
         path = options.get("socket_path") or (None if explicit_tcp else os.environ.get(SOCKET_VAR))
@@ -262,7 +266,7 @@ class EnvSidePortal(object):
             logger.warning("refused a connection: %s", exc)
             sock.close()
             return
-        connection = channel.Connection(sock, self.max_frame_bytes, self.idle_timeout)
+        connection = channel.Connection(sock, self.max_frame_bytes, self.idle_timeout, self.spin_us)
         with self._lock:
             if self._closed:
                 connection.close()
@@ -344,6 +348,14 @@ def _seconds(value, var, default):
         except ValueError:
             raise ValueError("%s=%r is not a number of seconds" % (var, raw))
     return value or None
+
+
+def _spin_us():
+    raw = os.environ.get(SPIN_VAR, "")
+    try:
+        return max(0.0, float(raw)) if raw else DEFAULT_SPIN_US
+    except ValueError:
+        raise ValueError("%s=%r is not a number of microseconds" % (SPIN_VAR, raw))
 
 
 def _port(port):

@@ -2,8 +2,9 @@
 
 portal-env needs Python >= 3.8; an env runtime on Python 2.7 or 3.5-3.7 gets, on
 its path, a package of the same name made of the small server (`portal_env/legacy`),
-the protocol constants it shares with the main server (`portal/protocol.py`), and
-`legacy/package_init.py` as its `__init__.py`. So an unchanged env_main.py
+what it shares with the main server (the protocol's constants, `portal/protocol.py`,
+and the spin policy, `portal/spin.py`), and `legacy/package_init.py` as its
+`__init__.py`. So an unchanged env_main.py
 (`from portal_env import EnvSidePortal`) serves through it. The copy is made once
 per content, in the cache, like `cache.package_dir`.
 """
@@ -49,6 +50,7 @@ def _files() -> Dict[str, Path]:
     files = {
         "portal_env/__init__.py": package / "legacy" / "package_init.py",
         "portal_env/portal/protocol.py": package / "portal" / "protocol.py",
+        "portal_env/portal/spin.py": package / "portal" / "spin.py",
     }
     for path in sorted((package / "legacy").glob("*.py")):
         if path.name != "package_init.py":
