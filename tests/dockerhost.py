@@ -260,6 +260,20 @@ def wheelhouse(*requirements: str) -> Path:
     arch = platform.machine()
     key = json.dumps({"requirements": wanted, "python": PYTHON_VERSION, "arch": arch})
     target = CACHE / f"wheels-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    # bookworm has glibc 2.36; pip does not expand manylinux_2_x tags itself.
+    platforms = [f"manylinux_2_{minor}_{arch}" for minor in range(36, 4, -1)]
+    platforms += [f"manylinux2014_{arch}", f"manylinux2010_{arch}", f"manylinux1_{arch}"]
+    command = [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:"]
+    command += ["--python-version", PYTHON_VERSION, "--implementation", "cp"]
+    command += [f"--platform={name}" for name in platforms]
+    return _downloaded(
+        target, lambda into: _run([*command, "-d", str(into), *wanted], f"pip download of {wanted}")
+    )
+
+
+def _downloaded(target: Path, download: Callable[[Path], None]) -> Path:
+    """target, a directory of downloads made once: download(dir) fills a fresh directory
+    under the cache's lock, which then becomes target whole (a killed download leaves none)."""
     if target.is_dir():
         return target
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -270,17 +284,21 @@ def wheelhouse(*requirements: str) -> Path:
             shutil.rmtree(stale, ignore_errors=True)
         work = Path(tempfile.mkdtemp(prefix="wheels-download-", dir=CACHE))
         try:
-            # bookworm has glibc 2.36; pip does not expand manylinux_2_x tags itself.
-            platforms = [f"manylinux_2_{minor}_{arch}" for minor in range(36, 4, -1)]
-            platforms += [f"manylinux2014_{arch}", f"manylinux2010_{arch}", f"manylinux1_{arch}"]
-            command = [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:"]
-            command += ["--python-version", PYTHON_VERSION, "--implementation", "cp"]
-            command += [f"--platform={name}" for name in platforms]
-            _run(command + ["-d", str(work / "wheels"), *wanted], f"pip download of {wanted}")
+            download(work / "wheels")
             os.replace(work / "wheels", target)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return target
+
+
+def _link_into(source: Path, directory: Path) -> None:
+    """Every file of source into directory: hard links, or copies across filesystems."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for path in source.iterdir():
+        try:
+            os.link(path, directory / path.name)
+        except OSError:  # another filesystem
+            shutil.copy(path, directory)
 
 
 CARTPOLE_DOCKERFILE = """\
@@ -298,14 +316,10 @@ CMD ["/venv/bin/python", "env_main.py"]
 def dockerfile_env(env_dir: Path, env_main: str) -> Path:
     """A custom env dir: env_main.py, a Dockerfile.env (its BASE_IMAGE is --base-image)
     and the wheelhouse it installs from with --no-index (no index inside builds)."""
-    (env_dir / "wheels").mkdir(parents=True)
+    env_dir.mkdir(parents=True, exist_ok=True)
     (env_dir / "env_main.py").write_text(env_main)
     (env_dir / "Dockerfile.env").write_text(CARTPOLE_DOCKERFILE)
-    for wheel in wheelhouse(*SERVER_REQUIREMENTS).glob("*.whl"):
-        try:
-            os.link(wheel, env_dir / "wheels" / wheel.name)
-        except OSError:  # another filesystem
-            shutil.copy(wheel, env_dir / "wheels")
+    _link_into(wheelhouse(*SERVER_REQUIREMENTS), env_dir / "wheels")
     return env_dir
 
 
@@ -318,29 +332,14 @@ def py27_wheelhouse() -> Path:
     script, requirements = ANCIENT_EXAMPLE / "fetch_wheels.sh", ANCIENT_EXAMPLE / "requirements.txt"
     digest = hashlib.sha256(script.read_bytes() + requirements.read_bytes()).hexdigest()[:16]
     target = CACHE / f"wheels-py27-{digest}"
-    if target.is_dir():
-        return target
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(CACHE / "wheels.lock")):
-        if target.is_dir():
-            return target
-        work = Path(tempfile.mkdtemp(prefix="wheels-download-", dir=CACHE))
-        try:
-            _run(["sh", str(script), sys.executable, str(work / "wheels")], "fetch_wheels.sh")
-            os.replace(work / "wheels", target)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-    return target
+    return _downloaded(
+        target, lambda into: _run(["sh", str(script), sys.executable, str(into)], "fetch_wheels.sh")
+    )
 
 
 def ancient_env(env_dir: Path) -> Path:
     """A copy of examples/ancient_cartpole with the Python 2.7 wheelhouse in its wheels/
     (so its image builds without network)."""
     shutil.copytree(ANCIENT_EXAMPLE, env_dir, ignore=shutil.ignore_patterns("wheels"))
-    (env_dir / "wheels").mkdir()
-    for wheel in py27_wheelhouse().iterdir():
-        try:
-            os.link(wheel, env_dir / "wheels" / wheel.name)
-        except OSError:  # another filesystem
-            shutil.copy(wheel, env_dir / "wheels")
+    _link_into(py27_wheelhouse(), env_dir / "wheels")
     return env_dir
