@@ -140,6 +140,20 @@ def test_dockerfile_env_serves_an_agent_on_the_host_then_stops_clean(
     assert not token_path.exists()
 
 
+def test_asking_an_image_for_its_python_leaves_no_container(
+    client: Any, base: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from portal_env.runtimes import image_python
+
+    monkeypatch.setenv("PORTAL_ENV_CACHE_DIR", str(tmp_path / "cache"))  # not answered before
+    mine = {"ancestor": base}
+    before = {c.id for c in client.containers.list(all=True, filters=mine)}
+    # the base has python3 only: asking `python` first fails to start a container
+    assert image_python.interpreters(client.images.get(base))[0] == "python"
+    assert image_python.python_version(client, base) == (3, 11)
+    assert {c.id for c in client.containers.list(all=True, filters=mine)} == before
+
+
 def test_second_start_reuses_the_image_and_force_rebuilds(client: Any, env_dir: Path, base: str):
     args = ["build", "-e", "cart", "-p", str(env_dir), "-b", "docker", "--base-image", base]
     first = cli(*args)

@@ -41,26 +41,41 @@ def interpreters(image: Any) -> List[str]:
 def python_version(docker_client: Any, tag: str) -> Optional[Tuple[int, int]]:
     """(major, minor) of the Python the image serves with (cached per image id), or None
     if no interpreter answers."""
-    import docker
-
     image = docker_client.images.get(tag)
     cached = config.cache_dir() / "image-python" / image.id.replace(":", "-")
     if cached.is_file():
         return tuple(json.loads(cached.read_text()))  # type: ignore[return-value]
     for python in interpreters(image):
-        try:
-            output = docker_client.containers.run(
-                image.id, [python, "-c", _PROBE], entrypoint="", remove=True, network_mode="none"
-            )
-        except (docker.errors.ContainerError, docker.errors.APIError):
+        output = _ask(docker_client, image.id, python)
+        if output is None:
             continue  # no such interpreter in the image (or it fails): try the next
-        major, _, minor = output.decode().strip().partition(".")
+        major, _, minor = output.strip().partition(".")
         version = (int(major), int(minor))
         cached.parent.mkdir(parents=True, exist_ok=True)
         cached.write_text(json.dumps(version))
         logger.debug("image %s serves with %s, Python %d.%d", tag, python, *version)
         return version
     return None
+
+
+def _ask(docker_client: Any, image_id: str, python: str) -> Optional[str]:
+    """What python prints for the probe in a throwaway container of the image, or None if
+    it does not run there. The container goes whatever happens: `containers.run(...,
+    remove=True)` leaves behind one whose command cannot start (no such interpreter)."""
+    import docker
+
+    container = docker_client.containers.create(
+        image_id, [python, "-c", _PROBE], entrypoint="", network_mode="none"
+    )
+    try:
+        container.start()
+        if container.wait().get("StatusCode") != 0:
+            return None
+        return container.logs(stdout=True, stderr=False).decode()
+    except docker.errors.APIError:
+        return None
+    finally:
+        container.remove(force=True)
 
 
 def server_package(docker_client: Any, tag: str, reporter: Reporter) -> Path:
