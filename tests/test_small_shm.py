@@ -2,11 +2,12 @@
 memory go through the socket, exactly, instead of killing a process with SIGBUS.
 
 Each case runs in a mount namespace of its own (`unshare --mount`, root) whose /dev/shm
-is a fresh 8 MB tmpfs, so the machine's /dev/shm is never touched.
+is a fresh small tmpfs, so the machine's /dev/shm is never touched.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import subprocess
@@ -58,13 +59,14 @@ def _mount_namespaces() -> bool:
     return done.returncode == 0
 
 
-@pytest.mark.skipif(not _mount_namespaces(), reason="needs root and unshare --mount")
-def test_observations_larger_than_dev_shm_go_through_the_socket(tmp_path: Path):
-    script = tmp_path / "agent.py"
-    script.write_text(AGENT)
+def _run_with_small_dev_shm(tmp_path: Path, script: str, size: str) -> str:
+    """Run script (python, argv[1] = tmp_path) where /dev/shm is a fresh tmpfs of size;
+    its stdout, then its stderr."""
+    path = tmp_path / "script.py"
+    path.write_text(script)
     shell = (
-        f"mount -t tmpfs -o size={SHM_SIZE},mode=1777 tmpfs /dev/shm && "
-        f'exec "{sys.executable}" "{script}" "{tmp_path}"'
+        f"mount -t tmpfs -o size={size},mode=1777 tmpfs /dev/shm && "
+        f'exec "{sys.executable}" "{path}" "{tmp_path}"'
     )
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     done = subprocess.run(
@@ -72,6 +74,55 @@ def test_observations_larger_than_dev_shm_go_through_the_socket(tmp_path: Path):
         capture_output=True, text=True, timeout=240, env=env, cwd=ROOT,
     )  # fmt: skip
     assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr[-3000:]}"
-    assert "OK" in done.stdout
-    assert "shared memory in use: False" in done.stdout  # 48 MB does not fit in 8 MB
-    assert "no shared memory for observations" in done.stderr  # the server said why
+    return done.stdout + "\n--- stderr\n" + done.stderr
+
+
+needs_namespaces = pytest.mark.skipif(
+    not _mount_namespaces(), reason="needs root and unshare --mount"
+)
+
+
+@needs_namespaces
+def test_observations_larger_than_dev_shm_go_through_the_socket(tmp_path: Path):
+    output = _run_with_small_dev_shm(tmp_path, AGENT, SHM_SIZE)
+    assert "OK" in output
+    assert "shared memory in use: False" in output  # 48 MB does not fit in 8 MB
+    assert "no shared memory for observations" in output  # the server said why
+
+
+# Four threads of one server ask for 48 MB at once, five times over, in a 64 MB /dev/shm.
+RACE = """
+import errno, threading
+from portal_env.portal import sharedmem
+
+for round in range(5):
+    start, made, refused = threading.Barrier(4), [], []
+
+    def ask():
+        start.wait()
+        try:
+            made.append(sharedmem.create(48 << 20))
+        except OSError as exc:
+            refused.append(exc.errno)
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    print("round", round, "made", len(made), "refused", refused)
+    for path, mapping in made:
+        mapping.close()
+        sharedmem.remove(path)
+"""
+
+
+@needs_namespaces
+def test_concurrent_asks_that_fit_one_at_a_time_give_one_mapping(tmp_path: Path):
+    """Interleaved reservations on a nearly full tmpfs could each take part of the room
+    and all fail: the first ask must get its memory, the others the socket."""
+    output = _run_with_small_dev_shm(tmp_path, RACE, "64m")
+    rounds = [line for line in output.splitlines() if line.startswith("round")]
+    assert len(rounds) == 5, output
+    enospc = [errno.ENOSPC] * 3
+    assert all(line.endswith(f"made 1 refused {enospc}") for line in rounds), output

@@ -25,11 +25,16 @@ import os
 import shutil
 import stat
 import tempfile
+import threading
 from typing import Optional, Tuple
 
 # Below this, a socket is as fast and needs no setup.
 MIN_BYTES = 1 << 16
 _PREFIX = "portal-env-"
+
+# One reservation at a time in a process: two that interleave on a nearly full tmpfs can
+# each take part of the room and then both fail, where one after the other, one fits.
+_RESERVING = threading.Lock()
 
 
 def _directory() -> Optional[str]:
@@ -61,7 +66,8 @@ def reserve(fd: int, size: int) -> None:
     allocate = getattr(os, "posix_fallocate", None)
     if allocate is not None:  # not on macOS, whose /dev/shm is no tmpfs anyway
         try:
-            allocate(fd, 0, size)
+            with _RESERVING:
+                allocate(fd, 0, size)
         except OSError as exc:
             if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
                 raise
