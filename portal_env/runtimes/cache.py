@@ -194,26 +194,33 @@ def package_dir() -> Path:
     """A cached copy of the portal_env package for runtimes' PYTHONPATH (made once)."""
     source = Path(config.__file__).resolve().parent
     files = sorted(p for p in source.rglob("*.py") if "builtin" not in p.relative_to(source).parts)
+    contents = {f"portal_env/{p.relative_to(source)}": p.read_bytes() for p in files}
+    contents["portal_env/py.typed"] = (source / "py.typed").read_bytes()
+    return content_dir(config.cache_dir() / "portal_env-src", contents)
+
+
+def content_dir(root: Path, contents: Dict[str, bytes]) -> Path:
+    """root/<hash of contents>, holding contents (relative path: bytes), written once.
+
+    Written beside it and renamed into place: readers, and a concurrent writer of the
+    same contents, see all of it or nothing.
+    """
     digest = hashlib.sha256()
-    for path in files:
-        digest.update(str(path.relative_to(source)).encode() + b"\0" + path.read_bytes())
-    root = config.cache_dir() / "portal_env-src" / digest.hexdigest()[:20]
-    if not (root / "portal_env").is_dir():
-        _copy_package(source, files, root)
-    return root
-
-
-def _copy_package(source: Path, files: List[Path], root: Path) -> None:
-    staging = root.with_name(f"{root.name}.tmp-{os.getpid()}")
+    for name in sorted(contents):
+        digest.update(name.encode() + b"\0" + contents[name])
+    target = root / digest.hexdigest()[:20]
+    if target.is_dir():
+        return target
+    staging = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     try:
-        for path in files + [source / "py.typed"]:
-            target = staging / "portal_env" / path.relative_to(source)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, target)
+        for name, data in contents.items():
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            (staging / name).write_bytes(data)
         try:
-            staging.rename(root)  # atomic: readers see all of it or nothing
+            staging.rename(target)
         except OSError:
-            if not (root / "portal_env").is_dir():  # not a concurrent copy that won
+            if not target.is_dir():  # not a concurrent copy that won
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    return target

@@ -6,18 +6,16 @@ what it shares with the main server (the protocol's constants, `portal/protocol.
 and the spin policy, `portal/spin.py`), and `legacy/package_init.py` as its
 `__init__.py`. So an unchanged env_main.py
 (`from portal_env import EnvSidePortal`) serves through it. The copy is made once
-per content, in the cache, like `cache.package_dir`.
+per content, in the cache, as `cache.package_dir` is.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import shutil
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 from .. import config
+from .cache import content_dir
 
 # The first Python the full package runs on; older ones get this package.
 MIN_FULL_PYTHON = (3, 8)
@@ -60,24 +58,6 @@ def _files() -> Dict[str, Path]:
 
 def shim_dir(root: Optional[Path] = None) -> Path:
     """A directory holding the shim `portal_env` package (for PYTHONPATH), made once."""
-    files = _files()
-    digest = hashlib.sha256()
-    for name, path in files.items():
-        digest.update(name.encode() + b"\0" + path.read_bytes())
-    target = (root or config.cache_dir() / "portal_env-shim") / digest.hexdigest()[:20]
-    if (target / "portal_env").is_dir():
-        return target
-    staging = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-    try:
-        for name, path in files.items():
-            (staging / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, staging / name)
-        (staging / "portal_env" / "portal" / "__init__.py").write_text("")
-        try:
-            staging.rename(target)  # atomic: readers see all of it or nothing
-        except OSError:
-            if not (target / "portal_env").is_dir():  # not a concurrent copy that won
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    contents = {name: path.read_bytes() for name, path in _files().items()}
+    contents["portal_env/portal/__init__.py"] = b""
+    return content_dir(root or config.cache_dir() / "portal_env-shim", contents)
