@@ -21,8 +21,6 @@ AVAILABLE: Dict[str, str] = {
     "apptainer": "portal_env.runtimes.apptainer:ApptainerBackend",
 }
 ALIASES = {"mm": "micromamba", "ch": "charliecloud"}
-# Backends that serve an image with a daemonless container runtime (--image, --base-image).
-IMAGE_BACKENDS = ("charliecloud", "apptainer")
 
 __all__ = [
     "Backend",

@@ -40,7 +40,6 @@ from . import image_python
 from .base import Reporter
 from .catalog import EnvSource
 from .image_layout import LIB  # where this host's portal_env package is mounted (as in exports)
-from .venv import package_dir
 
 logger = logging.getLogger(__name__)
 
@@ -284,16 +283,14 @@ class DockerRuntime:
 
     backend = "docker"
 
-    def __init__(
-        self, source: EnvSource, image: str, docker_client: Any, lib: Optional[Path] = None
-    ) -> None:
+    def __init__(self, source: EnvSource, image: str, docker_client: Any, lib: Path) -> None:
         self.source = source
         self.image = image
         self.location = image
         self.client = docker_client
         # The portal_env mounted at LIB: this host's package, or the small server's for an
         # image whose Python is older than 3.8 (image_python).
-        self.lib = lib or package_dir()
+        self.lib = lib
         self.published_port: Optional[int] = None  # kept across restarts when still free
 
     def socket_dir(self) -> Optional[Path]:

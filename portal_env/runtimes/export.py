@@ -105,10 +105,11 @@ def tag_for(name: str, inputs: str) -> str:
 def image_tag(source: EnvSource, base: Path, *, reporter: Reporter) -> str:
     """The tag export_image would give source on base, without building anything
     (locks a spec that has no lockfile yet, like the backends)."""
-    return tag_for(source.name, inputs_hash(source, lockfile(source, reporter), _diff_ids(base)))
+    return tag_for(source.name, inputs_hash(source, lockfile(source, reporter), diff_ids(base)))
 
 
-def _diff_ids(base: Path) -> List[str]:
+def diff_ids(base: Path) -> List[str]:
+    """The base's layer ids (oci.base_diff_ids); an unreadable base is a BuildError."""
     with _reading(base):
         return oci.base_diff_ids(base)
 

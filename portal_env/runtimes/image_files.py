@@ -8,6 +8,7 @@ copy cut short), an archive that is not a tar of an image.
 
 from __future__ import annotations
 
+import os
 import shutil
 import struct
 import tarfile
@@ -74,7 +75,7 @@ def _checked_directory(path: Path) -> str:
 
 def _in(root: Path, image_path: str) -> bool:
     """Whether image_path exists in the image at root (a symlink may point into it)."""
-    return (root / image_path.lstrip("/")).is_symlink() or (root / image_path.lstrip("/")).exists()
+    return os.path.lexists(root / image_path.lstrip("/"))
 
 
 def _check_squash(path: Path, head: bytes, size: int) -> None:

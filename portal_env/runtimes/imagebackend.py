@@ -96,8 +96,7 @@ class ImageBackend(MicromambaBackend):
     def __init__(
         self, tool: ContainerTool, base_image: Optional[str] = None, image: Optional[str] = None
     ) -> None:
-        if image is None:  # built from the conda lock, with py-rattler
-            super().__init__()
+        super().__init__()
         self.tool = tool
         self.name = tool.name
         self.flag = tool.flag
@@ -123,9 +122,12 @@ class ImageBackend(MicromambaBackend):
         return ["--base-image", str(self.base)] if self.base is not None else []
 
     def runtime_dir(self, source: EnvSource, lock_path: Path) -> Path:
-        inputs = export.inputs_hash(source, lock_path, base_diff_ids(self.base))
-        key = hashlib.sha256(f"{_FORMAT}\0{inputs}\0{self.tool.built_kind()}".encode())
-        return config.cache_dir() / self.name / key.hexdigest()[:20]
+        return self._cache_path(export.inputs_hash(source, lock_path, base_diff_ids(self.base)))
+
+    def _cache_path(self, content: str, prefix: str = "") -> Path:
+        """The cache directory of an image of content, in the form this tool runs."""
+        key = hashlib.sha256(f"{_FORMAT}\0{content}\0{self.tool.built_kind()}".encode())
+        return config.cache_dir() / self.name / f"{prefix}{key.hexdigest()[:20]}"
 
     def build(
         self, source: EnvSource, lock_path: Path, runtime_dir: Path, reporter: Reporter
@@ -161,8 +163,7 @@ class ImageBackend(MicromambaBackend):
             )
         with oci.image_layers(self.image) as (image_config, _):
             content = json.dumps(image_config, sort_keys=True)  # names every layer's content
-        key = hashlib.sha256(f"{_FORMAT}\0{content}\0{self.tool.built_kind()}".encode())
-        runtime_dir = config.cache_dir() / self.name / f"given-{key.hexdigest()[:20]}"
+        runtime_dir = self._cache_path(content, prefix="given-")
 
         def convert() -> Dict[str, Any]:
             runtime_dir.mkdir(parents=True)
@@ -176,7 +177,7 @@ def base_diff_ids(base: Path) -> List[str]:
     """export's base layer ids, remembered for a base file that has not changed since (size,
     mtime, inode), so a warm start does not hash a rootfs tarball again."""
     if not base.is_file():
-        return oci.base_diff_ids(base)
+        return export.diff_ids(base)
     info = base.stat()
     identity = f"{base}\0{info.st_size}\0{info.st_mtime_ns}\0{info.st_ino}"
     memo = config.cache_dir() / "base-ids" / hashlib.sha256(identity.encode()).hexdigest()[:24]
@@ -184,7 +185,7 @@ def base_diff_ids(base: Path) -> List[str]:
         return json.loads(memo.read_text())
     except (OSError, ValueError):
         pass
-    ids = oci.base_diff_ids(base)
+    ids = export.diff_ids(base)
     memo.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = memo.with_name(f".{memo.name}.{os.getpid()}")
     tmp.write_text(json.dumps(ids))
@@ -202,6 +203,7 @@ class ImageRuntime:
         self.kind = kind
         self.backend = tool.name
         self.location = str(image)
+        self.lib = package_dir()
 
     def socket_dir(self) -> Optional[Path]:
         """This user's private directory in /tmp, which the container sees at the same path."""
@@ -219,7 +221,7 @@ class ImageRuntime:
             kind=self.kind,
             workdir=self._workdir(),
             argv=(f"{PREFIX}/bin/python", f"{APP}/env_main.py"),
-            binds=((str(package_dir()), LIB),),
+            binds=((str(self.lib), LIB),),
             env=dict(env),
         )
 

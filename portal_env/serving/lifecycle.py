@@ -145,7 +145,7 @@ def build(
     if image is None:
         require_support(source, chosen)
     given = {"base_image": base_image, "ca_bundle": ca_bundle, "image": image}
-    options = {k: str(v) if k == "image" else v for k, v in given.items() if v is not None}
+    options = {k: v for k, v in given.items() if v is not None}
     return get(chosen, **options).ensure(source, force=force, reporter=reporter or LogReporter())
 
 

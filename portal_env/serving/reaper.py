@@ -43,7 +43,7 @@ def reap(keep: Collection[int] = ()) -> List[int]:
     for them, e.g. a subprocess.Popen); the pids reaped."""
     reaped = []
     for pid in child_pids(os.getpid()):
-        if pid in keep or not _exited(pid):
+        if pid in keep:
             continue
         try:
             if os.waitpid(pid, os.WNOHANG)[0] == pid:
@@ -64,12 +64,3 @@ def reap_until_none(timeout: float) -> None:
         if not child_pids(os.getpid()) or time.monotonic() >= deadline:
             return
         time.sleep(0.02)
-
-
-def _exited(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as file:
-            fields = file.read().rsplit(b")", 1)[1].split()
-    except (OSError, IndexError):
-        return False
-    return bool(fields) and fields[0] in (b"Z", b"X")
