@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -25,6 +26,25 @@ def cli(
     return subprocess.run(
         CLI + list(args), capture_output=True, text=True, timeout=timeout, env=env
     )
+
+
+def _unshare_net_works() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    return subprocess.run(["unshare", "--net", "true"], capture_output=True).returncode == 0
+
+
+needs_netns = pytest.mark.skipif(
+    not _unshare_net_works(), reason="cannot make a network namespace here (unshare --net)"
+)
+
+
+def offline_cli(*args: str, env=None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """portal-env on a node without network: a new network namespace with only loopback."""
+    return subprocess.run(
+        ["unshare", "--net"] + CLI + list(args),
+        capture_output=True, text=True, env=env, timeout=timeout,
+    )  # fmt: skip
 
 
 @dataclass

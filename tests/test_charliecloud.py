@@ -29,7 +29,7 @@ from portal_env.runtimes.base import child_pids
 from portal_env.serving import registry
 
 from .conda_channel import build_channel, locked_cartpole
-from .conftest import CLI, ROOT, cli, pid_alive, wait_gone
+from .conftest import CLI, ROOT, cli, needs_netns, pid_alive, wait_gone
 
 pytestmark = [
     pytest.mark.charliecloud,
@@ -278,13 +278,7 @@ def test_a_missing_image_or_base_is_named(conda_env: Path, tmp_path: Path):
     assert "--image PATH" in done.stderr
 
 
-def _unshare_works() -> bool:
-    if shutil.which("unshare") is None:
-        return False
-    return subprocess.run(["unshare", "--net", "true"], capture_output=True).returncode == 0
-
-
-@pytest.mark.skipif(not _unshare_works(), reason="cannot make a network namespace here")
+@needs_netns
 def test_offline_node_serves_from_the_shared_cache_and_names_the_build_command(
     conda_env: Path, rootfs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):

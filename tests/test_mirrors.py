@@ -26,7 +26,7 @@ from portal_env.runtimes.micromamba import MicromambaBackend
 
 from . import installers
 from .conda_channel import build_channel
-from .conftest import cli
+from .conftest import cli, needs_netns, offline_cli
 
 pytestmark = pytest.mark.conda
 
@@ -298,12 +298,13 @@ def _closed_port() -> int:
         return sock.getsockname()[1]
 
 
+@needs_netns
 def test_an_unreachable_channel_names_it_the_settings_read_and_how_to_add_a_mirror(
     tmp_path: Path, no_user_condarc: Path
 ):
     env_dir = cartpole(tmp_path / "cartpole")
     empty = write_condarc(no_user_condarc / ".condarc", {"channels": ["conda-forge"]})
-    done = cli("lock", "cp", "-p", str(env_dir), "-b", "mm")
+    done = offline_cli("lock", "cp", "-p", str(env_dir), "-b", "mm")  # never the real one
     assert done.returncode == 1, done.stderr
     assert f"channel 'conda-forge' at {CANONICAL[:-1]} (no mirror setting applies)" in done.stderr
     assert f"Mirror settings read: none (portal-env read {empty};" in done.stderr

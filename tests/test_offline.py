@@ -5,7 +5,6 @@ build command, when the cache lacks the runtime."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ from portal_env.runtimes import offline
 from portal_env.serving import registry
 
 from . import test_conda
-from .conftest import CLI
+from .conftest import CLI, needs_netns, offline_cli
 
 # the conda tests' local channel and locked CartPole env (fixtures)
 channel, locked_template, env_dir = (
@@ -27,26 +26,6 @@ channel, locked_template, env_dir = (
 )
 
 pytestmark = pytest.mark.usefixtures("reap_portals")
-
-
-def _unshare_works() -> bool:
-    if shutil.which("unshare") is None:
-        return False
-    done = subprocess.run(["unshare", "--net", "true"], capture_output=True)
-    return done.returncode == 0
-
-
-needs_netns = pytest.mark.skipif(
-    not _unshare_works(), reason="cannot make a network namespace here (unshare --net)"
-)
-
-
-def offline_cli(*args: str, env=None, timeout: float = 120) -> subprocess.CompletedProcess:
-    """portal-env on a node without network: a new network namespace with only loopback."""
-    return subprocess.run(
-        ["unshare", "--net"] + CLI + list(args),
-        capture_output=True, text=True, env=env, timeout=timeout,
-    )  # fmt: skip
 
 
 def test_reason_setting_overrides_detection(monkeypatch: pytest.MonkeyPatch):
