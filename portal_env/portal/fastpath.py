@@ -237,7 +237,9 @@ class _Layout:
             return none
         if flags & _INFO_PACKED:
             if not self.infos.size or len(payload) - offset != self.infos.size:
-                raise ProtocolError("packed step info that does not match the learnt schema")
+                raise ProtocolError(
+                    "step reply with a packed info that does not match the learnt schema"
+                )
             return self.infos.unpack(memoryview(payload)[offset:])
         try:
             info = self._read_tail(payload, offset)
