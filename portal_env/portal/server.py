@@ -595,7 +595,11 @@ class EnvSidePortal:
     def _request_loop(self, channel: wire.Channel, session: Session, peer: str) -> None:
         while not session.finished:
             try:
-                kind, payload, request = session.next_frame() or (*channel.recv_frame(), None)
+                if session._ahead is None:  # the usual case: kept cheap, it is every step's
+                    kind, payload = channel.recv_frame()
+                    request = None
+                else:
+                    kind, payload, request = session.next_frame()
                 if kind == wire.FAST_STEP:
                     self._fast_step(channel, session, payload)
                     continue
@@ -603,8 +607,9 @@ class EnvSidePortal:
                     raise ProtocolError(f"unexpected frame kind {kind}")
                 reply = session.handle(channel.decode(payload) if request is None else request)
                 self._reply(channel, reply)
-                for later in session.deferred():  # requests run while this one waited
-                    self._reply(channel, later)
+                if session._deferred:  # requests run while this one waited
+                    for later in session.deferred():
+                        self._reply(channel, later)
             except wire.PeerTimeout:
                 logger.info(
                     "closed the connection of %s: idle for %g s (idle_timeout)",
