@@ -62,14 +62,16 @@ def _dtype_tag(dtype):
     return tag
 
 
+# msgpack >= 1.1 preallocates 256 KiB per Packer unless told (buf_size, new in 1.1): small
+# ones, reused; older ones (all that run on Python < 3.8) cannot be told.
+_PACKER_SIZE = {"buf_size": 1024} if msgpack.version >= (1, 1, 0) else {}
+
+
 def _packer(default=None):
-    options = {"use_bin_type": True}
+    options = dict(_PACKER_SIZE, use_bin_type=True)
     if default is not None:
         options.update(default=default, strict_types=True)
-    try:  # msgpack >= 1.1 preallocates 256 KiB per Packer unless told: small ones, reused
-        return msgpack.Packer(buf_size=1024, **options)
-    except TypeError:  # older msgpack: no buf_size
-        return msgpack.Packer(**options)
+    return msgpack.Packer(**options)
 
 
 class Encoder(object):
@@ -135,11 +137,9 @@ class Encoder(object):
         and graphs, and subclasses of dict and list (Python 3 only)."""
         if isinstance(value, dict):
             return dict(value)
-        if type(value) is not tuple and isinstance(value, list):
+        if isinstance(value, list):
             return list(value)
-        if type(value) is tuple:  # the packer is busy with the enclosing value
-            return self._nested(protocol.EXT_TUPLE, value)
-        return self.walk(value)
+        return self.walk(value)  # tuples and graphs nest: the packer is busy with their container
 
     def _dict(self, value):
         return dict((self.walk(k), self.walk(v)) for k, v in value.items())
@@ -153,7 +153,7 @@ class Encoder(object):
     def _nested(self, code, items):
         if PY2:  # walked first: the one packer is free again when this runs
             return msgpack.ExtType(code, self._packer.pack([self.walk(item) for item in items]))
-        return msgpack.ExtType(code, _nested_packer(self._default)(list(items)))
+        return msgpack.ExtType(code, _packer(self._default).pack(list(items)))
 
     def _array(self, value):
         # (not ascontiguousarray, which makes a 0-d array 1-d on older numpy)
@@ -174,10 +174,6 @@ class Encoder(object):
 
 def _same(value):
     return value
-
-
-def _nested_packer(default):
-    return _packer(default).pack
 
 
 def _text(value):

@@ -22,6 +22,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 from ..errors import LockError, SpecError
 from .catalog import EnvSource
 from .commands import tool_environment
+from .legacy_shim import needs_shim
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ def require_modern_python(path: Path, deps: Sequence[str], flag: str) -> None:
         if match is None:
             continue
         major, minor = (int(part) for part in match.group(1).split("."))
-        if (major, minor) >= (3, 8):
+        if not needs_shim((major, minor)):
             continue
         raise SpecError(
             f"{path} asks for Python {major}.{minor} ({dep.strip()!r}), but the -b {flag} "
