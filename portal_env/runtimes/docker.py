@@ -593,7 +593,9 @@ class DockerBackend:
             with open(base_archive, "wb") as f:
                 for chunk in base.save(named=True):
                     f.write(chunk)
-            export.export_image(source, archive, base_archive, tag=tag, reporter=reporter)
+            export.export_image(
+                source, archive, base_archive, tag=tag, lock_path=lock_path, reporter=reporter
+            )
             reporter.status(f"loading {tag} into the Docker daemon")
             with open(archive, "rb") as f:
                 docker_client.images.load(f)

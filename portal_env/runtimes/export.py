@@ -129,11 +129,13 @@ def export_image(
     base: Path,
     *,
     tag: Optional[str] = None,
+    lock_path: Optional[Path] = None,
     reporter: Reporter,
 ) -> ExportResult:
-    """Write source's locked conda prefix on base as an OCI image archive at out."""
+    """Write source's locked conda prefix on base as an OCI image archive at out; lock_path
+    is its lockfile when the caller has already found it (else found here)."""
     started = time.monotonic()
-    lock_path = lockfile(source, reporter)
+    lock_path = lock_path or lockfile(source, reporter)
     out = Path(out).expanduser().resolve()
     work = Path(tempfile.mkdtemp(prefix="export-", dir=_work_root()))
     try:

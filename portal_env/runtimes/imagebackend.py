@@ -134,7 +134,7 @@ class ImageBackend(MicromambaBackend):
     ) -> Dict[str, Any]:
         runtime_dir.mkdir(parents=True)
         archive = runtime_dir / "image.oci.tar"
-        export.export_image(source, archive, self.base, reporter=reporter)
+        export.export_image(source, archive, self.base, lock_path=lock_path, reporter=reporter)
         return self._convert(archive, runtime_dir, reporter)
 
     def _convert(self, archive: Path, runtime_dir: Path, reporter: Reporter) -> Dict[str, Any]:
