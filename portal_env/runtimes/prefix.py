@@ -73,7 +73,10 @@ def pkgs_dir() -> Path:
 
 def locked_packages(lock_path: Path, platform: str) -> List[dict]:
     """The lockfile's package entries for platform (conda and pip), as plain dicts."""
-    data = read_lockfile(lock_path)
+    return _platform_packages(read_lockfile(lock_path), lock_path, platform)
+
+
+def _platform_packages(data: dict, lock_path: Path, platform: str) -> List[dict]:
     packages = [p for p in data.get("package") or [] if p.get("platform") == platform]
     if not packages:
         raise BuildError(
@@ -215,17 +218,20 @@ def build(
     where = alternative_prefix or prefix
     reporter.status(f"installing the conda packages of {lock_path.name} for {where} ({tool})")
     router = Router.from_environment()  # this machine's mirrors, read once per build
+    data = read_lockfile(lock_path)  # once: a large lock takes a while to parse
+    packages = _platform_packages(data, lock_path, platform)
+    conda = [p for p in packages if p.get("manager") == "conda"]
     with tempfile.TemporaryDirectory(prefix="portal-env-conda-") as tmp:
-        fetched = _fetch_lock(lock_path, platform, Path(tmp), router)
+        fetched, to_fetch = _fetch_lock(data, conda, lock_path, Path(tmp), router)
         try:
-            _verify_local_archives(fetched, platform, lock_path)
+            _verify_local_archives(to_fetch, lock_path)
             if tool == MICROMAMBA:
                 _install_conda_micromamba(str(micromamba_exe()), fetched, prefix, lock_path)
             else:
                 _install_conda_rattler(fetched, lock_path, platform, prefix, alternative_prefix)
         except BuildError as exc:
-            raise _unreachable(exc, lock_path, platform, router) from None
-    _install_pip(lock_path, platform, prefix, reporter)
+            raise _unreachable(exc, conda, lock_path, router) from None
+    _install_pip([p for p in packages if p.get("manager") == "pip"], lock_path, prefix, reporter)
     activation = capture_activation(prefix)
     if source.setup_script is not None:
         reporter.status(f"running {source.setup_script}")
@@ -242,9 +248,12 @@ def _install_conda_micromamba(exe: str, fetched: Path, prefix: Path, lock_path: 
     run(command, f"create the conda prefix {prefix} from {lock_path} with micromamba", env=env)
 
 
-def _fetch_lock(lock_path: Path, platform: str, directory: Path, router: Router) -> Path:
-    """A copy of the lockfile, in directory, that the installers read: the conda packages
-    of platform, each at the URL this machine fetches it from (its mirror, see `mirrors`).
+def _fetch_lock(
+    data: dict, conda: List[dict], lock_path: Path, directory: Path, router: Router
+) -> Tuple[Path, List[dict]]:
+    """A copy of lock_path (read as data), in directory, that the installers read, and its
+    entries: the conda packages of this platform, each at the URL this machine fetches it
+    from (its mirror, see `mirrors`).
 
     The same file name: micromamba reads a file as a conda-lock file by its `-lock.yml`
     ending. The pip entries are left out: micromamba would install them with the prefix's
@@ -253,38 +262,33 @@ def _fetch_lock(lock_path: Path, platform: str, directory: Path, router: Router)
     """
     import yaml
 
-    data = read_lockfile(lock_path)
-    conda = [p for p in locked_packages(lock_path, platform) if p.get("manager") == "conda"]
-    for entry in conda:
-        entry["url"] = router.fetch_url(str(entry["url"]))[0]
-    data["package"] = conda
+    entries = [dict(p, url=router.fetch_url(str(p["url"]))[0]) for p in conda]
     path = directory / lock_path.name
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
+    path.write_text(yaml.safe_dump(dict(data, package=entries), sort_keys=False))
+    return path, entries
 
 
-def _unreachable(exc: BuildError, lock_path: Path, platform: str, router: Router) -> BuildError:
+def _unreachable(exc: BuildError, conda: List[dict], lock_path: Path, router: Router) -> BuildError:
     """exc, or a ChannelError naming the channels, mirror settings and how to add one when
-    exc says a package could not be downloaded."""
+    exc says one of the conda packages could not be downloaded."""
     if not _UNREACHABLE.search(str(exc)):
         return exc
-    urls = [str(p["url"]) for p in locked_packages(lock_path, platform) if p["manager"] == "conda"]
-    routes = router.package_routes(urls)
+    routes = router.package_routes([str(p["url"]) for p in conda])
     return ChannelError(
         f"cannot install the conda packages of {lock_path}: "
         f"{mirrors.unreachable(routes, str(exc), router)}"
     )
 
 
-def _verify_local_archives(fetched: Path, platform: str, lock_path: Path) -> None:
-    """Check the sha256 of the file:// packages of fetched, lock_path's copy to install
+def _verify_local_archives(entries: List[dict], lock_path: Path) -> None:
+    """Check the sha256 of the file:// conda packages among entries, as they are fetched
     (py-rattler 0.28 checks only downloads)."""
     from urllib.parse import unquote, urlparse
 
-    for entry in locked_packages(fetched, platform):
+    for entry in entries:
         url = urlparse(str(entry.get("url")))
         expected = (entry.get("hash") or {}).get("sha256")
-        if entry.get("manager") != "conda" or url.scheme != "file" or not expected:
+        if url.scheme != "file" or not expected:
             continue
         path = Path(unquote(url.path))
         try:
@@ -324,9 +328,8 @@ def _install_conda_rattler(
         ) from None
 
 
-def _install_pip(lock_path: Path, platform: str, prefix: Path, reporter: Reporter) -> None:
-    """Install the locked pip packages from their URLs: hashes checked, no resolution."""
-    entries = [p for p in locked_packages(lock_path, platform) if p.get("manager") == "pip"]
+def _install_pip(entries: List[dict], lock_path: Path, prefix: Path, reporter: Reporter) -> None:
+    """Install lock_path's pip entries from their URLs: hashes checked, no resolution."""
     if not entries:
         return
     lines = [f"{p['name']} @ {p['url']} --hash=sha256:{p['hash']['sha256']}\n" for p in entries]
