@@ -14,6 +14,8 @@ from typing import Dict, Iterator, List, Optional, Sequence
 
 import pytest
 
+from .slurmcluster import SlurmCluster, missing_programs
+
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_SCRIPT = ROOT / "tests" / "serve_test_envs.py"
 CLI = [sys.executable, "-m", "portal_env.cli"]
@@ -204,3 +206,18 @@ def reap_portals() -> Iterator[None]:
         if record.get("server_pid"):
             _kill(record["server_pid"], group=True)
         registry.get(record["name"])  # a stale record goes, with its socket file
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
+    """A two-node Slurm cluster on 127.0.0.1 (tests/slurmcluster.py), started once per
+    session for test_slurm and the docs' examples; skipped only if Slurm is not installed."""
+    missing = missing_programs()
+    if missing:
+        pytest.skip(f"Slurm/munge not installed ({', '.join(missing)}): .ci/run installs them")
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()

@@ -241,22 +241,6 @@ def conda_env(request: pytest.FixtureRequest, workdir: Path, tmp_path: Path) -> 
     return {"CONDARC": str(condarc), **installers.environment(installers.RATTLER, tmp_path)}
 
 
-@pytest.fixture(scope="session")
-def docs_slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dict[str, str]]:
-    """A two-node Slurm cluster on 127.0.0.1 (tests/slurmcluster.py); its SLURM_CONF."""
-    from .slurmcluster import SlurmCluster, missing_programs
-
-    missing = missing_programs()
-    if missing:
-        pytest.skip(f"Slurm/munge not installed ({', '.join(missing)}): .ci/run installs them")
-    cluster = SlurmCluster(tmp_path_factory.mktemp("docs-slurm"))
-    try:
-        cluster.start()
-        yield cluster.env()
-    finally:
-        cluster.stop()
-
-
 @pytest.fixture
 def slurm_env(request: pytest.FixtureRequest) -> Dict[str, str]:
     """For slurm examples: the cluster's SLURM_CONF. The jobs' servers listen on
@@ -266,7 +250,7 @@ def slurm_env(request: pytest.FixtureRequest) -> Dict[str, str]:
     found = subprocess.run(["hostname", "-i"], capture_output=True, text=True).stdout.split()
     if not found or not found[0].startswith("127."):
         pytest.skip(f"hostname -i is {found}, not loopback: the job's servers would listen there")
-    return request.getfixturevalue("docs_slurm")
+    return request.getfixturevalue("slurm").env()
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ import pytest
 
 from . import test_conda
 from .conftest import pid_alive, wait_gone
-from .slurmcluster import SlurmCluster, missing_programs
+from .slurmcluster import SlurmCluster
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(600)]
 
@@ -38,20 +38,6 @@ channel, locked_template, env_dir = (
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
-
-
-@pytest.fixture(scope="session")
-def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
-    """The cluster, started once per session; skipped only if Slurm is not installed."""
-    missing = missing_programs()
-    if missing:
-        pytest.skip(f"Slurm/munge not installed ({', '.join(missing)}): .ci/run installs them")
-    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture
