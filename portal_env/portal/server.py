@@ -27,21 +27,10 @@ from .. import config
 from ..errors import EncodeError, PortalConnectionError, PortalEnvError, ProtocolError
 from . import protocol, sharedmem, wire
 from .hosted import EnvFactory, HostedEnv
+from .parentdeath import die_with_parent
 from .vector.hosted import HostedVectorEnv
 
 logger = logging.getLogger(__name__)
-
-
-def _die_with_parent() -> None:
-    """Have the kernel SIGKILL this process when its parent exits (Linux): for a server whose
-    parent holds what it runs from (ch-run serving the mount of a SquashFS image)."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(1, signal.SIGKILL, 0, 0, 0) != 0:  # PR_SET_PDEATHSIG
-        logger.warning("cannot ask to die with the parent process (errno %d)", ctypes.get_errno())
 
 
 def _error_reply(exc: BaseException) -> List[Any]:
@@ -419,8 +408,10 @@ class EnvSidePortal:
             raise TypeError(f"env_factory must be callable, got {env_factory!r}")
         if max_pending < 1:
             raise ValueError(f"max_pending must be at least 1, got {max_pending!r}")
-        if os.environ.get(config.DIE_WITH_PARENT_VAR) == "1":
-            _die_with_parent()
+        if os.environ.get(config.DIE_WITH_PARENT_VAR) == "1":  # e.g. under ch-run
+            error = die_with_parent()
+            if error:
+                logger.warning("cannot ask to die with the parent process (errno %d)", error)
         self.env_factory = env_factory
         self.max_frame_bytes = max_frame_bytes
         self.handshake_timeout = config.seconds(

@@ -8,22 +8,20 @@ returning a handle that polls and stops a container instead of a process.
 
 from __future__ import annotations
 
-import ctypes
+import functools
 import logging
 import os
 import shlex
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import IO, List, Mapping, Optional, Protocol, Sequence, runtime_checkable
 
+from ..portal.parentdeath import die_with_parent
 from ..portal.wire import Address
 from .catalog import EnvSource
 
 logger = logging.getLogger(__name__)
-
-_PR_SET_PDEATHSIG = 1
 
 
 class Reporter(Protocol):
@@ -128,7 +126,7 @@ class ProcessHandle:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent(os.getpid()) if sys.platform == "linux" else None,
+            preexec_fn=functools.partial(die_with_parent, os.getpid()),
         )
         return cls(proc)
 
@@ -183,15 +181,3 @@ def _signal_group(pgid: int, signum: int) -> None:
         os.killpg(pgid, signum)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-def _die_with_parent(parent: int):
-    """A preexec_fn: the child gets SIGKILL when its parent dies (Linux prctl)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-
-    def preexec() -> None:
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
-
-    return preexec

@@ -48,11 +48,11 @@ from gymnasium.vector.utils import batch_space, iterate
 from ...errors import PortalEnvError
 from .. import infopack, spin
 from ..hosted import EnvFactory
+from ..parentdeath import die_with_parent
 from .shard import InstanceError, Shard
 
 logger = logging.getLogger(__name__)
 
-_PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
 _IDLE_CHECK_S = 1.0  # how often a waiting side checks that its peer process still lives
 _CLOSE_WAIT_S = 5.0
@@ -159,16 +159,6 @@ class OneReply:
 # -- in the worker -------------------------------------------------------------------------
 
 
-def _die_with_parent(parent_pid: int) -> None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        return  # not Linux: the idle check in _serve covers it
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(1)
-
-
 def _set_name(first: int) -> None:
     """Name the process after its first instance (`ps`, /proc/PID/comm: penv-worker-3)."""
     try:
@@ -239,7 +229,7 @@ def _worker_main(
     count: int,
     batch_fd: int,
 ) -> None:
-    _die_with_parent(parent_pid)
+    die_with_parent(parent_pid)  # not Linux: the idle check in _serve covers it
     _set_name(first)
     _detach_inherited([conn.fileno(), batch_fd])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
