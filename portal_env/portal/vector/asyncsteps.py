@@ -25,6 +25,7 @@ import numpy as np
 from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
 
 from . import workers
+from .flight import busy_error, check_ids, check_not_flying
 from .shard import InstanceError
 
 Result = Tuple[Any, ...]  # (index, obs or None, reward, terminated, truncated, info)
@@ -50,22 +51,13 @@ class AsyncSteps:
         if not self._sent:  # nothing sent since all were last found back: skip the scan
             return
         if self.in_flight.any():
-            ids = np.flatnonzero(self.in_flight).tolist()
-            raise RuntimeError(
-                f"'{op}' while instances {ids} were sent actions (or reset) and not yet "
-                "received; call recv() until they are all back first"
-            )
+            raise busy_error(op, self.in_flight)
         self._sent = False
 
     def _claim(self, env_ids: Sequence[Any]) -> List[int]:
         ids = [int(i) for i in env_ids]
-        for i in ids:
-            if not 0 <= i < self.vec.num_envs:
-                raise ValueError(f"env_id {i} is out of range for {self.vec.num_envs} envs")
-            if self.in_flight[i]:
-                raise ValueError(f"env_id {i} was sent an action already; recv() it first")
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"env_ids {ids} name an instance twice")
+        check_ids(ids, self.vec.num_envs)
+        check_not_flying(ids, self.in_flight)
         self.in_flight[ids] = True
         self._sent = True
         return ids

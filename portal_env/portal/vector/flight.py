@@ -28,11 +28,7 @@ class Flight:
     def check_idle(self, op: str) -> None:
         """Raise RuntimeError if instances are in flight: op would mix with their replies."""
         if self.count and self.known:
-            ids = np.flatnonzero(self.flying).tolist()
-            raise RuntimeError(
-                f"'{op}' while instances {ids} were sent actions (or reset) and not yet "
-                "received; call recv() until they are all back first"
-            )
+            raise busy_error(op, self.flying)
 
     def reset_all(self) -> None:
         """async_reset(): every instance flies (check_idle first)."""
@@ -43,19 +39,13 @@ class Flight:
     def claim(self, ids: Sequence[int], actions: Any) -> None:
         """send(actions, ids): they fly from now on; ValueError naming a bad id (out of range,
         twice, already in flight) or a count of actions that does not match."""
-        for i in ids:
-            if not 0 <= i < self.num_envs:
-                raise ValueError(f"env_id {i} is out of range for {self.num_envs} envs")
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"env_ids {list(ids)} name an instance twice")
+        check_ids(ids, self.num_envs)
         count = _length(actions)
         if count is not None and count != len(ids):
             raise ValueError(f"send got {count} actions for {len(ids)} env_ids")
         if not self.known:
             return  # the server checks the rest
-        for i in ids:
-            if self.flying[i]:
-                raise ValueError(f"env_id {i} was sent an action already; recv() it first")
+        check_not_flying(ids, self.flying)
         self.flying[list(ids)] = True
         self.count += len(ids)
 
@@ -70,6 +60,33 @@ class Flight:
     def can_post_ahead(self, batch_size: int) -> bool:
         """Whether a recv posted now can be filled by what is in flight already."""
         return self.known and self.count >= batch_size
+
+
+# The checks both sides make, agent (Flight) and server (asyncsteps), with one wording.
+
+
+def busy_error(op: str, flying: np.ndarray) -> RuntimeError:
+    """The error for op while the instances flagged in flying are in flight."""
+    return RuntimeError(
+        f"'{op}' while instances {np.flatnonzero(flying).tolist()} were sent actions (or "
+        "reset) and not yet received; call recv() until they are all back first"
+    )
+
+
+def check_ids(ids: Sequence[int], num_envs: int) -> None:
+    """ValueError for an env_id out of range, or one named twice."""
+    for i in ids:
+        if not 0 <= i < num_envs:
+            raise ValueError(f"env_id {i} is out of range for {num_envs} envs")
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"env_ids {list(ids)} name an instance twice")
+
+
+def check_not_flying(ids: Sequence[int], flying: np.ndarray) -> None:
+    """ValueError for an env_id already in flight."""
+    for i in ids:
+        if flying[i]:
+            raise ValueError(f"env_id {i} was sent an action already; recv() it first")
 
 
 def _length(actions: Any) -> Optional[int]:
