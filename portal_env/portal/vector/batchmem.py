@@ -21,7 +21,8 @@ from gymnasium import spaces as gs
 
 logger = logging.getLogger(__name__)
 
-_FIXED = (gs.Box, gs.Discrete, gs.MultiBinary, gs.MultiDiscrete)
+# Spaces whose values are one fixed-size array each, a batch of them one array.
+FIXED_SPACES = (gs.Box, gs.Discrete, gs.MultiBinary, gs.MultiDiscrete)
 _ALIGN = 64  # a cache line: rows of two leaves never share one
 
 
@@ -31,7 +32,7 @@ def _aligned(n: int) -> int:
 
 def batch_bytes(space: Any, n: int) -> Optional[int]:
     """Bytes a batch of n values of space takes, or None if its values vary in size."""
-    if isinstance(space, _FIXED):
+    if isinstance(space, FIXED_SPACES):
         if space.dtype is None or space.dtype.hasobject:
             return None
         return _aligned(n * int(np.prod(space.shape, dtype=np.int64)) * space.dtype.itemsize)

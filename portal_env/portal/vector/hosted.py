@@ -12,7 +12,6 @@ import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from gymnasium import spaces as gs
 from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
 
 from ...config import spin_us as config_spin_us
@@ -22,7 +21,6 @@ from . import asyncsteps, batchmem, costmodel, workers
 from .shard import InstanceError, Shard
 
 logger = logging.getLogger(__name__)
-_PLAIN = (gs.Box, gs.Discrete, gs.MultiDiscrete, gs.MultiBinary)
 
 
 def check_sizes(num_envs: int, num_workers: Optional[int], batch_size: Optional[int]) -> None:
@@ -112,7 +110,7 @@ class HostedVectorEnv:
         if self.local is not None:
             self._local_actions = batch_space(self.facts["action_space"], len(self.local.envs))
         # a batch of Box, Discrete, ... actions is one array whose rows are the actions
-        self._plain_actions = isinstance(self.facts["action_space"], _PLAIN)
+        self._plain_actions = isinstance(self.facts["action_space"], batchmem.FIXED_SPACES)
         self._out: Any = None  # the observation batch of replies, when no shared batch
         self.pending = asyncsteps.AsyncSteps(self)
 

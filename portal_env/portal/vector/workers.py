@@ -49,6 +49,7 @@ from ...errors import PortalEnvError
 from .. import infopack, spin
 from ..hosted import EnvFactory
 from ..parentdeath import die_with_parent
+from .batchmem import FIXED_SPACES
 from .shard import InstanceError, Shard
 
 logger = logging.getLogger(__name__)
@@ -104,7 +105,10 @@ def actions_of(message: Any, space: Any) -> Sequence[Any]:
     if message[0] == "items":
         return message[1]
     _, dtype, shape, raw = message
-    return list(iterate(space, np.frombuffer(bytearray(raw), dtype).reshape(shape)))
+    batch = np.frombuffer(bytearray(raw), dtype).reshape(shape)
+    if isinstance(space, FIXED_SPACES):  # what iterate() gives, without its dispatch
+        return list(batch)
+    return list(iterate(space, batch))
 
 
 def _pack_infos(infos: Any, packer: infopack.InfoPacker) -> Tuple[str, Any]:
