@@ -256,12 +256,12 @@ class Client:
         # type(...) is int: True and 1.0 equal 1, yet no server sends them as a status
         if type(reply) is not list or len(reply) != 2 or type(reply[0]) is not int:
             raise ProtocolError(f"malformed reply to '{op}' from {self.address}: {reply!r:.200}")
-        if reply[0] not in (0, 1):
+        if reply[0] not in (protocol.REPLY_OK, protocol.REPLY_ERROR):
             raise ProtocolError(
                 f"reply to '{op}' from {self.address} with status {reply[0]}, not 0 or 1"
             )
         status, payload = reply
-        if status == 1:
+        if status == protocol.REPLY_ERROR:
             if (
                 type(payload) is not list
                 or len(payload) != 3

@@ -28,6 +28,7 @@ from ..errors import EncodeError, PortalConnectionError, PortalEnvError, Protoco
 from . import protocol, sharedmem, wire
 from .hosted import EnvFactory, HostedEnv
 from .parentdeath import die_with_parent
+from .protocol import REPLY_ERROR, REPLY_OK
 from .vector.hosted import HostedVectorEnv
 
 logger = logging.getLogger(__name__)
@@ -40,7 +41,8 @@ def _error_reply(exc: BaseException) -> List[Any]:
         if kind.__module__ == "builtins"
         else f"{kind.__module__}.{kind.__qualname__}"
     )
-    return [1, [name, str(exc), "".join(traceback.format_exception(kind, exc, exc.__traceback__))]]
+    trace = "".join(traceback.format_exception(kind, exc, exc.__traceback__))
+    return [REPLY_ERROR, [name, str(exc), trace]]
 
 
 # Requests a connection's env answers (reset and step are wrapped in _host).
@@ -281,10 +283,10 @@ class Session:
         )
 
     def handle(self, request: Any) -> List[Any]:
-        """Run one request; returns [0, result] or [1, (type, message, traceback)]."""
+        """Run one request: [REPLY_OK, result] or [REPLY_ERROR, [type, message, traceback]]."""
         try:
             op, args = parse_request(request)
-            return [0, self._ops[op](*args)]
+            return [REPLY_OK, self._ops[op](*args)]
         except Exception as exc:  # reported to the agent, which re-raises it
             return _error_reply(exc)
 
@@ -630,7 +632,7 @@ class EnvSidePortal:
         if laid_out is not None:
             channel.send_parts(wire.FAST_REPLY, *laid_out)
         else:  # a value outside the layout: the general codec keeps it exact
-            self._reply(channel, [0, list(result)])
+            self._reply(channel, [REPLY_OK, list(result)])
 
     @staticmethod
     def _reply(channel: wire.Channel, reply: List[Any]) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 
 from ..errors import AuthenticationError, PortalEnvError, ProtocolError
-from ..portal import wire
+from ..portal import protocol, wire
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def ask(address: str, token: str, timeout: float = PING_TIMEOUT) -> str:
         return f"no answer ({cause or exc})"
     try:
         channel.send(["ping"])
-        return LIVE if channel.recv() == [0, "pong"] else GONE
+        return LIVE if channel.recv() == [protocol.REPLY_OK, "pong"] else GONE
     except (PortalEnvError, OSError) as exc:
         return f"no answer ({exc})"
     finally:

@@ -28,7 +28,7 @@ from typing import IO, Any, Deque, Optional, Tuple
 
 from .. import config
 from ..errors import PortalEnvError, ServerStartError, SupervisorError
-from ..portal import wire
+from ..portal import protocol, wire
 from ..runtimes.base import Runtime, ServerHandle
 from . import reaper, registry
 
@@ -239,7 +239,7 @@ class Supervisor:
             return False
         try:
             channel.send(["ping"])
-            return channel.recv() == [0, "pong"]
+            return channel.recv() == [protocol.REPLY_OK, "pong"]
         except (PortalEnvError, OSError):
             return False
         finally:
