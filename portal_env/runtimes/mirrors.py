@@ -18,6 +18,7 @@ lock with the URLs mapped.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -111,12 +112,17 @@ class Router:
     def fetch_url(self, url: str) -> Tuple[str, Optional[Setting]]:
         """Where the canonical URL url (a channel or a package in it) is fetched from here,
         and the setting that says so."""
-        for mapping in (self._mirrored, self._custom, self._alias):
-            for base, target, setting in mapping():
-                rest = _under(url, base)
-                if rest is not None:
-                    return target + rest, setting
+        for base, target, setting in self._table:
+            rest = _under(url, base)
+            if rest is not None:
+                return target + rest, setting
         return url, None
+
+    @functools.cached_property
+    def _table(self) -> List[Tuple[str, str, Setting]]:
+        """(canonical base, fetched from, setting), in the order they apply; made on first
+        use (a lock maps every package's URL)."""
+        return self._mirrored() + self._custom() + self._alias()
 
     def _mirrored(self) -> List[Tuple[str, str, Setting]]:
         setting = self.settings.mirrored_channels
