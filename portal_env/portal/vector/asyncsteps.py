@@ -117,7 +117,7 @@ class AsyncSteps:
     def recv(self, count: int, slot: int = 0) -> List[Any]:
         """The first count instances to finish: [obs, rewards, terms, truncs, infos, env_ids];
         with a ring slot, the obs are written there and obs is the slot's number."""
-        self._ring_target(slot, 0)  # a bad slot raises before anything is taken
+        self._in_ring(slot)  # a bad slot raises before anything is taken
         self._listening = True
         while len(self.done) < count and self.failure is None:
             if int(self.in_flight.sum()) < count:
@@ -197,14 +197,22 @@ class AsyncSteps:
             np.array(ids, dtype=np.int32),  # EnvPool's dtype for info["env_id"]
         ]
 
-    def _ring_target(self, slot: int, rows: int) -> Optional[np.ndarray]:
-        """Where the agent asked this batch's observations to go: the first rows of its
-        ring slot (obsring); None if it asked for none or the layout has no ring."""
+    def _in_ring(self, slot: int) -> bool:
+        """Whether the agent asked for a batch in ring slot slot (obsring) and the layout has
+        a ring; ValueError for a slot the ring does not have."""
         layout = self.vec.step_layout
         if not slot or layout is None or layout.shm is None or layout.obs is None:
-            return None
+            return False
         if not 0 < slot <= layout.ring_slots:
             raise ValueError(f"recv into ring slot {slot} of {layout.ring_slots}")
+        return True
+
+    def _ring_target(self, slot: int, rows: int) -> Optional[np.ndarray]:
+        """Where the agent asked this batch's observations to go: the first rows of its
+        ring slot; None if it asked for none or the layout has no ring."""
+        if not self._in_ring(slot):
+            return None
+        layout = self.vec.step_layout
         row = layout.obs.count // self.vec.num_envs
         shape = (rows,) + layout.obs.shape[1:]
         return np.frombuffer(
