@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -39,6 +40,24 @@ def _unshare_net_works() -> bool:
 needs_netns = pytest.mark.skipif(
     not _unshare_net_works(), reason="cannot make a network namespace here (unshare --net)"
 )
+
+
+def _unshare_mount_works() -> bool:
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return False
+    return subprocess.run(["unshare", "--mount", "true"], capture_output=True).returncode == 0
+
+
+needs_mount_namespace = pytest.mark.skipif(
+    not _unshare_mount_works(), reason="needs root and unshare --mount"
+)
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (taken and let go at once)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def offline_cli(*args: str, env=None, timeout: float = 120) -> subprocess.CompletedProcess:

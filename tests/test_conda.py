@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -37,7 +36,7 @@ from .conda_channel import (
     locked_cartpole,
     write_spec,
 )
-from .conftest import CLI, cli, interrupt_build, pid_alive, wait_gone
+from .conftest import CLI, cli, closed_port, interrupt_build, pid_alive, wait_gone
 
 pytestmark = pytest.mark.conda
 
@@ -206,15 +205,9 @@ def test_git_requirement_is_refused_before_solving(env_dir: Path, channel: Path)
     assert "cannot pin 'x @ git+https://example.invalid/x.git'" in done.stderr, done.stderr
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.parametrize("venv_ok", [True, False])
 def test_unreachable_channel_says_so_and_suggests_venv(env_dir: Path, venv_ok: bool):
-    url = f"http://127.0.0.1:{_closed_port()}/conda-forge"
+    url = f"http://127.0.0.1:{closed_port()}/conda-forge"
     conda = "" if venv_ok else "  - cmake\n"  # a conda package: no venv for this env
     (env_dir / "spec.yml").write_text(
         f"channels:\n  - {url}\ndependencies:\n  - python={PY}\n{conda}"

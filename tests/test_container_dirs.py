@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ from portal_env import config
 from portal_env.errors import DirectoryError
 from portal_env.runtimes import commands
 
-from .conftest import ROOT
+from .conftest import ROOT, needs_mount_namespace
 
 REPORT = """
 import json
@@ -70,13 +69,7 @@ def test_a_setting_that_cannot_be_written_is_an_error_not_a_fallback(
         config.state_dir()
 
 
-def _mount_namespaces() -> bool:
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
-        return False
-    return subprocess.run(["unshare", "--mount", "true"], capture_output=True).returncode == 0
-
-
-@pytest.mark.skipif(not _mount_namespaces(), reason="needs root and unshare --mount")
+@needs_mount_namespace
 def test_a_read_only_home_as_in_a_container(container_env: Path, tmp_path: Path):
     """$HOME on a read-only file system (a bind mount in a namespace of this test's own):
     EROFS even for root."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import sys
 from pathlib import Path
 from typing import Dict
@@ -26,7 +25,7 @@ from portal_env.runtimes.micromamba import MicromambaBackend
 
 from . import installers
 from .conda_channel import build_channel
-from .conftest import cli, needs_netns, offline_cli
+from .conftest import cli, closed_port, needs_netns, offline_cli
 
 pytestmark = pytest.mark.conda
 
@@ -292,12 +291,6 @@ def test_a_lock_made_through_one_mirror_builds_serves_and_exports_through_anothe
     assert out.path.is_file() and out.size > 1_000_000
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @needs_netns
 def test_an_unreachable_channel_names_it_the_settings_read_and_how_to_add_a_mirror(
     tmp_path: Path, no_user_condarc: Path
@@ -309,7 +302,7 @@ def test_an_unreachable_channel_names_it_the_settings_read_and_how_to_add_a_mirr
     assert f"channel 'conda-forge' at {CANONICAL[:-1]} (no mirror setting applies)" in done.stderr
     assert f"Mirror settings read: none (portal-env read {empty};" in done.stderr
     assert "mirrored_channels:\n    conda-forge: [https://MIRROR/conda-forge]" in done.stderr
-    dead = f"http://127.0.0.1:{_closed_port()}/conda-forge"
+    dead = f"http://127.0.0.1:{closed_port()}/conda-forge"
     path = write_condarc(
         no_user_condarc / ".condarc", {"mirrored_channels": {"conda-forge": [dead]}}
     )
@@ -327,7 +320,7 @@ def test_a_build_whose_mirror_is_gone_names_the_channel_mirror_and_setting(
     (env_dir / LOCK).write_bytes(reference_lock)
     for gone, needle in (
         ((tmp_path / "nowhere").as_uri(), "No such file"),
-        (f"http://127.0.0.1:{_closed_port()}/conda-forge", "onnect"),
+        (f"http://127.0.0.1:{closed_port()}/conda-forge", "onnect"),
     ):
         path = write_condarc(
             no_user_condarc / ".condarc", {"mirrored_channels": {"conda-forge": [gone]}}

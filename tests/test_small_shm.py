@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from .conftest import needs_mount_namespace
 
 ROOT = Path(__file__).resolve().parent.parent
 SHM_SIZE = "8m"
@@ -52,13 +51,6 @@ print(open(server.log).read(), file=sys.stderr)
 """
 
 
-def _mount_namespaces() -> bool:
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
-        return False
-    done = subprocess.run(["unshare", "--mount", "true"], capture_output=True)
-    return done.returncode == 0
-
-
 def _run_with_small_dev_shm(tmp_path: Path, script: str, size: str) -> str:
     """Run script (python, argv[1] = tmp_path) where /dev/shm is a fresh tmpfs of size;
     its stdout, then its stderr."""
@@ -77,12 +69,7 @@ def _run_with_small_dev_shm(tmp_path: Path, script: str, size: str) -> str:
     return done.stdout + "\n--- stderr\n" + done.stderr
 
 
-needs_namespaces = pytest.mark.skipif(
-    not _mount_namespaces(), reason="needs root and unshare --mount"
-)
-
-
-@needs_namespaces
+@needs_mount_namespace
 def test_observations_larger_than_dev_shm_go_through_the_socket(tmp_path: Path):
     output = _run_with_small_dev_shm(tmp_path, AGENT, SHM_SIZE)
     assert "OK" in output
@@ -117,7 +104,7 @@ for round in range(5):
 """
 
 
-@needs_namespaces
+@needs_mount_namespace
 def test_concurrent_asks_that_fit_one_at_a_time_give_one_mapping(tmp_path: Path):
     """Interleaved reservations on a nearly full tmpfs could each take part of the room
     and all fail: the first ask must get its memory, the others the socket."""
