@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Dict, Iterator, List
 
 import gymnasium
-import numpy as np
 import pytest
 
 from portal_env import AgentSidePortal, config
@@ -30,6 +29,7 @@ from portal_env.serving import registry
 
 from .conda_channel import build_channel, locked_cartpole
 from .conftest import CLI, ROOT, cli, needs_netns, pid_alive, wait_gone
+from .test_agent import assert_identical, run_trajectory
 
 pytestmark = [
     pytest.mark.charliecloud,
@@ -75,24 +75,10 @@ def built_image(conda_env: Path, rootfs: Path) -> Path:
     return Path(done.stdout.strip().rsplit(" ", 1)[-1])
 
 
-def trajectory(env: gymnasium.Env, steps: int = 60) -> list:
-    obs, _ = env.reset(seed=7)
-    out = [obs]
-    for t in range(steps):
-        obs, reward, terminated, truncated, _ = env.step((t // 3) % 2)
-        out += [obs, reward, terminated, truncated]
-        if terminated or truncated:
-            obs, _ = env.reset()
-            out.append(obs)
-    return out
-
-
 def assert_bit_identical(env: gymnasium.Env) -> None:
-    ours, theirs = trajectory(env), trajectory(gymnasium.make("CartPole-v1"))
-    assert len(ours) == len(theirs)
-    for a, b in zip(ours, theirs):
-        assert type(a) is type(b) and np.asarray(a).dtype == np.asarray(b).dtype
-        assert np.array_equal(a, b)
+    """env's seeded trajectory is the in-process CartPole's, bit for bit (infos too)."""
+    local = gymnasium.make("CartPole-v1")
+    assert_identical(run_trajectory(env, 7, 60), run_trajectory(local, 7, 60))
 
 
 def server_processes(record: registry.Record) -> List[int]:
