@@ -15,6 +15,7 @@ from typing import Dict, Iterator, List, Optional, Sequence
 
 import pytest
 
+from . import wheel_install
 from .slurmcluster import SlurmCluster, missing_programs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -240,3 +241,9 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def portal_env_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """portal-env's wheel from this checkout's tracked files, built once per session."""
+    return wheel_install.build_wheel(tmp_path_factory.mktemp("wheel") / "dist")

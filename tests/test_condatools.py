@@ -29,12 +29,11 @@ def test_platform_without_py_rattler_is_rattlers():
 
 
 @pytest.fixture(scope="module")
-def bare_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def bare_venv(tmp_path_factory: pytest.TempPathFactory, portal_env_wheel: Path) -> Path:
     """The bin/ of a venv with the wheel and its dependencies but py-rattler and conda-lock."""
     root = tmp_path_factory.mktemp("bare")
-    wheel = wheel_install.build_wheel(root / "dist")
-    extra = wheel_install.requirements(wheel, leave_out=("py-rattler", "conda-lock"))
-    wheel_install.venv_with(wheel, root / "venv", system_site=False, extra=extra)
+    extra = wheel_install.requirements(portal_env_wheel, leave_out=("py-rattler", "conda-lock"))
+    wheel_install.venv_with(portal_env_wheel, root / "venv", system_site=False, extra=extra)
     return root / "venv" / "bin"
 
 

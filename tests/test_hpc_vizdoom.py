@@ -35,12 +35,11 @@ CANONICAL = f"{mirrors.DEFAULT_ALIAS}/conda-forge/"
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def site(tmp_path_factory: pytest.TempPathFactory, portal_env_wheel: Path) -> Path:
     """The site-packages of a venv holding portal-env's wheel (its dependencies from this
     Python's site-packages)."""
     root = tmp_path_factory.mktemp("wheel")
-    wheel = wheel_install.build_wheel(root / "dist")
-    return wheel_install.venv_with(wheel, root / "venv", system_site=True)
+    return wheel_install.venv_with(portal_env_wheel, root / "venv", system_site=True)
 
 
 @pytest.fixture(scope="module")
