@@ -266,14 +266,15 @@ def wheelhouse(*requirements: str) -> Path:
     command = [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:"]
     command += ["--python-version", PYTHON_VERSION, "--implementation", "cp"]
     command += [f"--platform={name}" for name in platforms]
-    return _downloaded(
+    return made_once(
         target, lambda into: _run([*command, "-d", str(into), *wanted], f"pip download of {wanted}")
     )
 
 
-def _downloaded(target: Path, download: Callable[[Path], None]) -> Path:
-    """target, a directory of downloads made once: download(dir) fills a fresh directory
-    under the cache's lock, which then becomes target whole (a killed download leaves none)."""
+def made_once(target: Path, download: Callable[[Path], None]) -> Path:
+    """target, a directory of downloads (or an install) made once: download(dir) fills a
+    fresh directory under the cache's lock, which then becomes target whole (a killed
+    download leaves none)."""
     if target.is_dir():
         return target
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -332,7 +333,7 @@ def py27_wheelhouse() -> Path:
     script, requirements = ANCIENT_EXAMPLE / "fetch_wheels.sh", ANCIENT_EXAMPLE / "requirements.txt"
     digest = hashlib.sha256(script.read_bytes() + requirements.read_bytes()).hexdigest()[:16]
     target = CACHE / f"wheels-py27-{digest}"
-    return _downloaded(
+    return made_once(
         target, lambda into: _run(["sh", str(script), sys.executable, str(into)], "fetch_wheels.sh")
     )
 

@@ -22,7 +22,6 @@ from typing import Any, Iterator
 
 import gymnasium
 import pytest
-from filelock import FileLock
 
 from portal_env import AgentSidePortal
 from portal_env.legacy import gymapi
@@ -30,12 +29,12 @@ from portal_env.portal.spaces import encode_space
 from portal_env.runtimes import legacy_shim
 from portal_env.runtimes.commands import uv_bin
 
+from . import dockerhost
 from .conftest import ServerProcess, start_server
 from .gymnasium_spaces import all_spaces
 from .test_agent import assert_identical
 from .test_spaces import assert_same_space
 
-CACHE = Path(os.environ.get("PORTAL_ENV_TEST_CACHE") or Path.home() / ".cache" / "portal-env-test")
 SCRIPT = Path(__file__).resolve().parent / "gym_compat_envs.py"
 # gym 0.25/0.26 need numpy < 2; Shimmy needs the agent's gymnasium.
 COMMON = ("numpy==1.26.4", "shimmy==2.0.1", f"gymnasium=={gymnasium.__version__}", "msgpack>=1,<2")
@@ -58,24 +57,15 @@ def gym_python(gym: str = "0.26") -> Path:
     """The Python of a cached venv holding GYMS[gym] (made with uv, once)."""
     packages = GYMS[gym]
     key = hashlib.sha256("\n".join(packages).encode()).hexdigest()[:16]
-    venv = CACHE / f"venv-gym{gym.replace('.', '')}-{key}"
-    python = venv / "bin" / "python"
-    if python.exists():
-        return python
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(CACHE / "venv.lock")):
-        if python.exists():
-            return python
-        staging = venv.with_name(venv.name + ".tmp")
-        uv = uv_bin()
-        subprocess.run([uv, "venv", "-q", "--python", sys.executable, str(staging)], check=True)
-        subprocess.run(
-            [uv, "pip", "install", "-q", "--python", str(staging / "bin" / "python")]
-            + list(packages),
-            check=True,
-        )
-        staging.rename(venv)  # a venv is movable before first use of its scripts only
-    return python
+    uv = uv_bin()
+
+    def install(into: Path) -> None:  # a venv is movable before first use of its scripts only
+        subprocess.run([uv, "venv", "-q", "--python", sys.executable, str(into)], check=True)
+        python = str(into / "bin" / "python")
+        subprocess.run([uv, "pip", "install", "-q", "--python", python, *packages], check=True)
+
+    venv = dockerhost.made_once(dockerhost.CACHE / f"venv-gym{gym.replace('.', '')}-{key}", install)
+    return venv / "bin" / "python"
 
 
 def small_server(tmp: Path, gym: str) -> ServerProcess:

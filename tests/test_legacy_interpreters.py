@@ -17,7 +17,6 @@ from typing import Iterator, List
 
 import numpy as np
 import pytest
-from filelock import FileLock
 
 from portal_env import AgentSidePortal, AuthenticationError, RemoteEnvError
 from portal_env.portal import protocol
@@ -59,21 +58,14 @@ def site_dir(version: str) -> Path:
     python = interpreter(version)
     wheels = dockerhost.py27_wheelhouse()  # pip 20.3.4, and the 2.7 wheels
     key = hashlib.sha256(f"{python}\n{PACKAGES[version]}".encode()).hexdigest()[:16]
-    target = dockerhost.CACHE / f"site-py{version}-{key}"
-    if target.is_dir():
-        return target
-    with FileLock(str(dockerhost.CACHE / "site.lock")):
-        if not target.is_dir():
-            staging = target.with_name(target.name + ".tmp")
-            pip = [str(python), str(next(wheels.glob("pip-20.3.4-*.whl")) / "pip"), "install"]
-            source = ["--no-index", "--find-links", str(wheels)] if version == "2.7" else []
-            subprocess.run(
-                pip + ["-q", "--target", str(staging), *source, *PACKAGES[version]],
-                check=True,
-                capture_output=True,
-            )
-            staging.rename(target)
-    return target
+    pip = [str(python), str(next(wheels.glob("pip-20.3.4-*.whl")) / "pip"), "install", "-q"]
+    source = ["--no-index", "--find-links", str(wheels)] if version == "2.7" else []
+
+    def install(into: Path) -> None:
+        command = pip + ["--target", str(into), *source, *PACKAGES[version]]
+        subprocess.run(command, check=True, capture_output=True)
+
+    return dockerhost.made_once(dockerhost.CACHE / f"site-py{version}-{key}", install)
 
 
 @pytest.fixture(params=sorted(PACKAGES), ids=lambda v: f"python{v}")
