@@ -211,10 +211,14 @@ def build(
     path (an image's), which only py-rattler can do.
     """
     platform = current_platform()
-    tool = RATTLER if alternative_prefix is not None else installer()
-    missing = missing_module("rattler", "py-rattler") if tool == RATTLER else None
-    if missing is not None:  # export: only py-rattler installs for another path
-        raise no_tool(f"install a prefix for {alternative_prefix} (only py-rattler can)", [missing])
+    if alternative_prefix is None:
+        tool = installer()  # it checks that the one it picks is there
+    else:  # export: only py-rattler installs for another path
+        tool = RATTLER
+        missing = missing_module("rattler", "py-rattler")
+        if missing is not None:
+            why = f"install a prefix for {alternative_prefix} (only py-rattler can)"
+            raise no_tool(why, [missing])
     where = alternative_prefix or prefix
     reporter.status(f"installing the conda packages of {lock_path.name} for {where} ({tool})")
     router = Router.from_environment()  # this machine's mirrors, read once per build
