@@ -162,11 +162,6 @@ def recorded_spec_hash(path: Path) -> Optional[str]:
     return custom.get(SPEC_HASH_KEY)
 
 
-def status(source: EnvSource, spec_path: Path) -> str:
-    """'missing', 'current', or 'stale' for source's conda lockfile."""
-    return lock.freshness(lock_path(source), spec_path, recorded_spec_hash)
-
-
 def check(source: EnvSource, spec_path: Path) -> Path:
     """The conda lockfile, if it matches the spec; a clear error if the spec changed since."""
     relock = lock.lock_command(source, "mm")
