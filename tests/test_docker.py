@@ -19,6 +19,7 @@ import pytest
 from portal_env import AgentSidePortal
 from portal_env.errors import PortalConnectionError
 from portal_env.runtimes import docker as docker_backend
+from portal_env.runtimes.cache import package_dir
 from portal_env.serving import registry
 
 from . import dockerhost
@@ -265,7 +266,7 @@ def test_agent_in_a_second_container_reaches_the_env_by_name(client: Any, env_di
         network="portal_env_net",
         environment={"PYTHONPATH": "/opt/portal", "PORTAL_ENV_TOKEN_FILE": "/run/tok"},
         volumes={
-            str(docker_backend.package_dir()): {"bind": "/opt/portal", "mode": "ro"},
+            str(package_dir()): {"bind": "/opt/portal", "mode": "ro"},
             token_file: {"bind": "/run/tok", "mode": "ro"},
         },
         remove=True,
